@@ -1,0 +1,67 @@
+"""Save a prompt's conditioning once (e.g. the empty T5 prompt) and load it without the text encoder."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..unidense_core.prompt_cache import drop_padding, load_prompt_embedding, save_prompt_embedding
+from . import paths
+
+
+class SavePromptEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_SavePromptEmbedding",
+            display_name="UniDense Save Prompt Embedding",
+            category="UniDense/conditioning",
+            description="Write a CONDITIONING's text embedding to models/unidense_embeddings, so later runs load "
+            "it with 'UniDense Load Prompt Embedding' instead of the text encoder.",
+            inputs=[
+                io.Conditioning.Input("conditioning"),
+                io.String.Input(
+                    "filename", default="pixart_t5_empty", tooltip="Name of the .safetensors file (no folders)."
+                ),
+                io.String.Input("prompt", default="", tooltip="The prompt it encodes, kept as metadata."),
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, conditioning, filename: str, prompt: str = "") -> io.NodeOutput:
+        name = filename.strip()
+        if not name or os.path.basename(name) != name or name.startswith("."):
+            raise ValueError(f"filename must be a plain file name without folders, got {filename!r}.")
+        if not name.endswith(".safetensors"):
+            name += ".safetensors"
+        if len(conditioning) != 1:
+            raise ValueError(f"Save one conditioning at a time; this one has {len(conditioning)} entries.")
+        folder = folder_paths.get_folder_paths(paths.EMBEDDINGS)[0]
+        save_prompt_embedding(os.path.join(folder, name), conditioning[0][0], prompt=prompt, encoder="comfyui")
+        return io.NodeOutput(conditioning)
+
+
+class LoadPromptEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_LoadPromptEmbedding",
+            display_name="UniDense Load Prompt Embedding",
+            category="UniDense/conditioning",
+            description="Load a saved text embedding as CONDITIONING (no text encoder needed).",
+            inputs=[io.Combo.Input("embedding_name", options=paths.files(paths.EMBEDDINGS))],
+            outputs=[io.Conditioning.Output(display_name="conditioning")],
+        )
+
+    @classmethod
+    def execute(cls, embedding_name: str) -> io.NodeOutput:
+        context, mask, _ = load_prompt_embedding(paths.full_path(paths.EMBEDDINGS, embedding_name))
+        conds = [
+            [drop_padding(context[i : i + 1], None if mask is None else mask[i : i + 1]), {}]
+            for i in range(context.shape[0])
+        ]
+        return io.NodeOutput(conds)

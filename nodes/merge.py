@@ -1,0 +1,177 @@
+"""MERGE nodes: LoadConverter, ModeSwitch, and the conditioning that brings the image to a stock sampler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import comfy.latent_formats
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+import node_helpers
+import torch
+from comfy_api.latest import io
+
+from ..unidense_core.converters import ConverterConfig, load_converters
+from ..unidense_core.resolution import check_multiple, classify_bin
+from . import paths
+from .pixart_host import check_pixart_alpha_512, depth_mode_clone
+
+MERGE_LATENT_SCALE = 0.18215  # MERGE-B encodes images with PixArt-α's SD VAE (sd-vae-ft-ema) at this scale
+
+Converters = io.Custom("UNIDENSE_CONVERTERS")
+
+LATENT_FORMATS = ["pixart_alpha", "keep"]
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class ConverterHandle:
+    """What flows on a UNIDENSE_CONVERTERS socket: the converters' ModelPatcher and their config."""
+
+    patcher: comfy.model_patcher.ModelPatcher
+    config: ConverterConfig
+    name: str
+
+
+class LoadConverter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_LoadConverter",
+            display_name="UniDense Load MERGE Converters",
+            category="UniDense/MERGE",
+            description="Load MERGE-B converter blocks (Lin et al., NeurIPS 2025) from models/merge_converters. "
+            "They turn PixArt-XL-2-512x512 into a depth estimator; ComfyUI loads and offloads them with the model.",
+            inputs=[
+                io.Combo.Input(
+                    "converter_name",
+                    options=paths.files(paths.CONVERTERS),
+                    tooltip="A converter .safetensors, or 'depth_converters/diffusion_pytorch_model."
+                    "safetensors' from hongk1998/merge-base-depth-v1 (its config.json beside it).",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(DTYPES),
+                    default="auto",
+                    tooltip="auto: ComfyUI's choice for diffusion weights on this device.",
+                ),
+            ],
+            outputs=[Converters.Output(display_name="CONVERTERS", tooltip="Give to UniDense ModeSwitch.")],
+        )
+
+    @classmethod
+    def execute(cls, converter_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
+        path = paths.full_path(paths.CONVERTERS, converter_name)
+        module = load_converters(path)
+        n_params = sum(p.numel() for p in module.parameters())
+        dtype = DTYPES[weight_dtype] or mm.unet_dtype(model_params=n_params)
+        module = module.to(dtype=dtype)
+        patcher = comfy.model_patcher.ModelPatcher(
+            module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
+        )
+        return io.NodeOutput(ConverterHandle(patcher, module.config, converter_name))
+
+
+class ModeSwitch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_ModeSwitch",
+            display_name="UniDense Mode Switch (MERGE)",
+            category="UniDense/MERGE",
+            description="One PixArt-α model, two jobs: 'generate' is the text-to-image model unchanged; 'depth' runs "
+            "the MERGE converters. Returns a patched copy; the input MODEL is never changed.",
+            inputs=[
+                io.Model.Input("model", tooltip="PixArt-XL-2-512x512, loaded with 'Load Diffusion Model'."),
+                Converters.Input("converters", tooltip="From 'UniDense Load MERGE Converters'."),
+                io.Combo.Input(
+                    "mode",
+                    options=["generate", "depth"],
+                    default="depth",
+                    tooltip="generate: text-to-image as the base model. depth: depth estimation; feed "
+                    "the conditioning through 'UniDense MERGE Depth Conditioning'.",
+                ),
+                io.Combo.Input(
+                    "latent_format",
+                    options=LATENT_FORMATS,
+                    default="pixart_alpha",
+                    tooltip="ComfyUI loads PixArt-α 512 as PixArt-Σ (SDXL latent scale 0.13025). "
+                    "pixart_alpha sets the SD VAE scale 0.18215 that PixArt-α and MERGE use; keep leaves "
+                    "the model's own (generate mode then returns the input model exactly).",
+                ),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL")],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, converters: ConverterHandle, mode: str, latent_format: str = "pixart_alpha"
+    ) -> io.NodeOutput:
+        if mode not in ("generate", "depth"):
+            raise ValueError(f"mode must be 'generate' or 'depth', got {mode!r}.")
+        if latent_format not in LATENT_FORMATS:
+            raise ValueError(f"latent_format must be one of {LATENT_FORMATS}, got {latent_format!r}.")
+        if not isinstance(converters, ConverterHandle):
+            raise ValueError("converters must come from 'UniDense Load MERGE Converters'.")
+        fmt = comfy.latent_formats.SD15() if latent_format == "pixart_alpha" else None
+        if mode == "depth":
+            return io.NodeOutput(depth_mode_clone(model, converters.patcher, fmt))
+        check_pixart_alpha_512(model, converters.patcher.model)
+        m = model.clone()
+        if fmt is not None:
+            m.add_object_patch("latent_format", fmt)
+        return io.NodeOutput(m)
+
+
+class MergeDepthConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_MergeDepthConditioning",
+            display_name="UniDense MERGE Depth Conditioning",
+            category="UniDense/MERGE",
+            description="Encode the image with the VAE and attach its latent to the conditioning, so a stock "
+            "KSampler / SamplerCustomAdvanced runs MERGE depth estimation (official: dpmpp_2m, sgm_uniform, "
+            "20 steps, cfg 1.0, empty prompt). Batches: one depth map per image.",
+            inputs=[
+                io.Conditioning.Input("conditioning", tooltip="The empty prompt through T5 (or a saved embedding)."),
+                io.Vae.Input("vae", tooltip="PixArt-α's VAE (sd-vae-ft-ema / the SD1.5 VAE)."),
+                io.Image.Input("image", tooltip="Image(s) to estimate depth for."),
+                io.Combo.Input(
+                    "resolution",
+                    options=["official_bins", "native"],
+                    default="official_bins",
+                    tooltip="official_bins: resize to the nearest PixArt-α 512 aspect bin, as the "
+                    "official pipeline. native: keep the size (sides must be multiples of 16).",
+                ),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative", tooltip="Same as positive; MERGE uses no CFG."),
+                io.Latent.Output(display_name="latent", tooltip="Empty depth latent of the right size and batch."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, vae, image: torch.Tensor, resolution: str = "official_bins") -> io.NodeOutput:
+        if image.ndim != 4 or image.shape[-1] < 3:
+            raise ValueError(f"image must be an IMAGE [B,H,W,3], got shape {tuple(image.shape)}.")
+        h, w = image.shape[1:3]
+        if resolution == "official_bins":
+            th, tw = classify_bin(h, w)
+            pixels = image[..., :3]
+            if (th, tw) != (h, w):
+                pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), tw, th, "lanczos", "disabled").movedim(1, -1)
+        elif resolution == "native":
+            check_multiple(h, w, 16, "image")
+            pixels = image[..., :3]
+        else:
+            raise ValueError(f"resolution must be 'official_bins' or 'native', got {resolution!r}.")
+        raw = vae.encode(pixels)  # [B,4,h/8,w/8], unscaled
+        if raw.shape[1] != 4:
+            raise ValueError(
+                f"The VAE gives {raw.shape[1]}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE."
+            )
+        cond = node_helpers.conditioning_set_values(conditioning, {"noise_concat": raw * MERGE_LATENT_SCALE})
+        return io.NodeOutput(cond, cond, {"samples": torch.zeros_like(raw)})

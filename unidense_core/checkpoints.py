@@ -1,0 +1,124 @@
+"""Reading checkpoints from disk: safetensors first, pickles only with ``weights_only=True``.
+
+Every error names the file, what was expected and what to do, because a user who sees it has usually put a
+file from the wrong model into a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+SAFE_SUFFIXES = (".safetensors", ".sft")
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or folder that cannot be used; the message says which file and what to do."""
+
+
+def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a flat tensor dict from ``.safetensors`` (preferred) or a pickled ``.bin/.pt`` (weights only)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file not found: '{path}'.")
+    if path.endswith(SAFE_SUFFIXES):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device=str(device))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"'{path}' is not a readable safetensors file ({exc}). It may be truncated or corrupt: "
+                "download it again and compare its size with the source."
+            ) from exc
+    if path.endswith(PICKLE_SUFFIXES):
+        try:
+            sd = torch.load(path, map_location=device, weights_only=True)
+        except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
+            raise CheckpointError(
+                f"'{path}' could not be loaded as a weights-only PyTorch file ({type(exc).__name__}: {exc}). "
+                "It may be truncated, corrupt, or contain code objects; prefer a .safetensors copy."
+            ) from exc
+        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+        if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise CheckpointError(f"'{path}' does not hold a flat dict of tensors; it is not a weights file.")
+        return dict(sd)
+    raise CheckpointError(f"'{path}' has an unknown extension; expected one of {SAFE_SUFFIXES + PICKLE_SUFFIXES}.")
+
+
+def find_weights_file(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> str:
+    """The weights file of a diffusers model folder: ``<stem>.safetensors`` first, then ``<stem>.bin``."""
+    folder = os.fspath(folder)
+    for suffix in (".safetensors", ".bin"):
+        candidate = os.path.join(folder, stem + suffix)
+        if os.path.isfile(candidate):
+            return candidate
+    sharded = [f for f in sorted(os.listdir(folder)) if f.startswith(stem) and f.endswith(".index.json")]
+    if sharded:
+        raise CheckpointError(
+            f"'{folder}' holds a sharded checkpoint ({sharded[0]}); save it as one file "
+            f"({stem}.safetensors) to use it here."
+        )
+    raise CheckpointError(
+        f"No weights in '{folder}': expected '{stem}.safetensors' (or '{stem}.bin') next to config.json."
+    )
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    """Read a config.json, with an error that names the file."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"Missing config file '{path}'.") from exc
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"'{path}' is not valid JSON ({exc}).") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"'{path}' should hold a JSON object.")
+    return data
+
+
+def _fmt(items: Iterable[str], limit: int = 5) -> str:
+    items = list(items)
+    shown = ", ".join(items[:limit])
+    return shown + (f", … (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def check_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, tuple[int, ...]],
+    source: str,
+    hint: str = "",
+) -> None:
+    """Raise :class:`CheckpointError` listing missing, unexpected and mis-shaped keys (nanoGPT-style check)."""
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [
+        f"{k}: file {tuple(state_dict[k].shape)} vs expected {tuple(expected[k])}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])
+    ]
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [
+        f"{source} does not match the expected layout ({len(state_dict)} tensors in file, {len(expected)} expected)."
+    ]
+    if mismatched:
+        parts.append(f"Shape mismatches: {_fmt(mismatched, 3)}.")
+    if missing:
+        parts.append(f"Missing keys: {_fmt(missing)}.")
+    if unexpected:
+        parts.append(f"Unexpected keys: {_fmt(unexpected)}.")
+    if hint:
+        parts.append(hint)
+    raise CheckpointError(" ".join(parts))

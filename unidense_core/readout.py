@@ -1,0 +1,66 @@
+"""Turning decoded prediction images into depth maps, and depth maps into display/ControlNet images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+NORMALIZE = ("none", "per_image", "per_batch")
+
+
+@dataclass(frozen=True)
+class DepthKind:
+    """What a depth map's values mean: ``affine`` (MERGE: affine-invariant depth), ``metric``, ``disparity``."""
+
+    kind: str
+    near_is_low: bool  # True: small values are near (depth); False: large values are near (disparity)
+
+
+MERGE_DEPTH = DepthKind("affine", near_is_low=True)
+
+
+def decoded_to_unit(decoded: torch.Tensor) -> torch.Tensor:
+    """VAE output in [-1, 1] -> [0, 1], clamped, as diffusers' ``postprocess`` (x/2 + 0.5)."""
+    return (decoded / 2 + 0.5).clamp(0, 1)
+
+
+def merge_depth_from_unit(image: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """MERGE read-out: mean of the 3 decoded channels of an image in [0, 1] -> depth in [0, 1], 0 = near.
+
+    ``image`` is [B,3,H,W] (channel_dim=1) or ComfyUI's [B,H,W,3] (channel_dim=-1); returns [B,H,W].
+    """
+    if image.shape[channel_dim] < 3:
+        raise ValueError(f"Expected a 3-channel decoded image, got shape {tuple(image.shape)}.")
+    rgb = image.narrow(channel_dim, 0, 3)
+    return rgb.float().mean(dim=channel_dim)
+
+
+def normalize_depth(depth: torch.Tensor, mode: str = "per_image", eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalise [B,H,W] depth to [0, 1] per image or over the whole batch (steadier for video)."""
+    if mode not in NORMALIZE:
+        raise ValueError(f"normalize must be one of {NORMALIZE}, got {mode!r}.")
+    if mode == "none":
+        return depth
+    dims = tuple(range(1, depth.ndim)) if mode == "per_image" else tuple(range(depth.ndim))
+    lo = depth.amin(dim=dims, keepdim=True)
+    hi = depth.amax(dim=dims, keepdim=True)
+    return (depth - lo) / (hi - lo).clamp_min(eps)
+
+
+def depth_to_display(depth: torch.Tensor, near_is_low: bool = True, near_white: bool = True) -> torch.Tensor:
+    """[B,H,W] depth in [0, 1] -> [B,H,W,3] grey image; ``near_white`` gives the MiDaS/ControlNet polarity."""
+    if depth.ndim != 3:
+        raise ValueError(f"Expected depth of shape [B,H,W], got {tuple(depth.shape)}.")
+    img = depth.clamp(0, 1)
+    if near_is_low == near_white:
+        img = 1 - img
+    return img.unsqueeze(-1).expand(*img.shape, 3).contiguous()
+
+
+def resize_depth(depth: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize [B,H,W] depth (bilinear, align_corners=False, as the official MERGE pipeline)."""
+    if tuple(depth.shape[-2:]) == tuple(size):
+        return depth
+    return F.interpolate(depth[:, None], size=size, mode=mode, align_corners=False)[:, 0]
