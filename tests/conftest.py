@@ -30,6 +30,7 @@ def comfy():
         sys.path.insert(0, path)
     try:
         import comfy.cli_args
+        import utils.install_util  # noqa: F401  ComfyUI's 'utils' package before comfy/utils.py shadows it
 
         comfy.cli_args.args.cpu = True
         import comfy.model_management  # noqa: F401
@@ -39,6 +40,7 @@ def comfy():
 
     import nodes
 
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))  # comfy_extras nodes
     ok = asyncio.run(nodes.load_custom_node(ROOT, module_parent="custom_nodes"))
     assert ok, "ComfyUI's loader failed to import the pack"
     ns = type("ComfyNS", (), {})()
