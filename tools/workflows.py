@@ -269,7 +269,7 @@ def build(nodes, spec: list) -> dict:
             elif not is_widget(t, opts):
                 inputs.append({"name": name, "type": t, "link": None})
         values = []
-        for name, t, opts in widget_slots(info):
+        for name, _t, _opts in widget_slots(info):
             if name not in widgets:
                 raise KeyError(f"{typ}: no value given for widget '{name}'")
             values.append(widgets[name])
