@@ -30,7 +30,7 @@ def comfy():
         sys.path.insert(0, path)
     try:
         import comfy.cli_args
-        import utils.install_util  # noqa: F401  ComfyUI's 'utils' package before comfy/utils.py shadows it
+        import utils.install_util  # noqa: F401  ComfyUI's utils package, before `nodes` puts comfy/ on sys.path
 
         comfy.cli_args.args.cpu = True
         import comfy.model_management  # noqa: F401

@@ -182,7 +182,7 @@ def load_comfy(comfyui_path: str):
     if comfyui_path not in sys.path:
         sys.path.insert(0, comfyui_path)
     import comfy.cli_args
-    import utils.install_util  # noqa: F401  ComfyUI's own 'utils' package first, as main.py does
+    import utils.install_util  # noqa: F401  ComfyUI's utils package, before `nodes` puts comfy/ on sys.path
 
     comfy.cli_args.args.cpu = True
     import nodes
