@@ -273,6 +273,5 @@ def test_stock_ksampler_reproduces_the_official_loop(env):
         comfy, switch(env, env["base"], "depth"), c, {"samples": torch.zeros(1, 4, H, W)}, noise=noise, steps=20
     )
     rel = ((out * 0.18215 - z).abs().max() / z.abs().max()).item()
-    assert rel < 1e-2, (
-        rel
-    )  # measured 1.7e-3: sgm_uniform uses unrounded timesteps (949.05 vs 949); everything else is the same
+    # measured 1.7e-3: sgm_uniform uses unrounded timesteps (949.05 vs 949); everything else is the same
+    assert rel < 1e-2, rel
