@@ -275,3 +275,24 @@ def test_stock_ksampler_reproduces_the_official_loop(env):
     rel = ((out * 0.18215 - z).abs().max() / z.abs().max()).item()
     # measured 1.7e-3: sgm_uniform uses unrounded timesteps (949.05 vs 949); everything else is the same
     assert rel < 1e-2, rel
+
+
+def test_prompt_embedding_nodes_roundtrip(env, tmp_path):
+    from unidense_core.prompt_cache import save_prompt_embedding
+
+    comfy = env["comfy"]
+    comfy.folder_paths.add_model_folder_path("unidense_embeddings", str(tmp_path), is_default=True)
+    c = cond(seed=4, tokens=1)
+    comfy.node("UniDense_SavePromptEmbedding").execute(c, "empty_t5", "")
+    assert (tmp_path / "empty_t5.safetensors").is_file()
+    loaded = comfy.node("UniDense_LoadPromptEmbedding").execute("empty_t5.safetensors")[0]
+    assert torch.equal(loaded[0][0], c[0][0])
+    # an official-style padded embedding (120 tokens + mask) loads as its real tokens only
+    ctx = torch.randn(1, 120, 32)
+    mask = torch.zeros(1, 120, dtype=torch.int64)
+    mask[0, :2] = 1
+    save_prompt_embedding(tmp_path / "padded.safetensors", ctx, mask)
+    loaded = comfy.node("UniDense_LoadPromptEmbedding").execute("padded.safetensors")[0]
+    assert torch.equal(loaded[0][0], ctx[:, :2])
+    with pytest.raises(ValueError, match="plain file name"):
+        comfy.node("UniDense_SavePromptEmbedding").execute(c, "../escape", "")
