@@ -296,3 +296,20 @@ def test_prompt_embedding_nodes_roundtrip(env, tmp_path):
     assert torch.equal(loaded[0][0], ctx[:, :2])
     with pytest.raises(ValueError, match="plain file name"):
         comfy.node("UniDense_SavePromptEmbedding").execute(c, "../escape", "")
+
+
+def test_sampler_custom_advanced_path_equals_ksampler(env):
+    """The guider/sampler/sigmas route of SamplerCustomAdvanced gives the KSampler result."""
+    comfy = env["comfy"]
+    m = switch(env, env["base"], "depth")
+    c_img, latent = image_cond(env)
+    noise = torch.randn(1, 4, H, W, generator=torch.Generator().manual_seed(3))
+    ref = sample(comfy, m, c_img, latent, noise=noise, steps=4)
+    guider = comfy.samplers.CFGGuider(m)
+    guider.set_conds(c_img, c_img)
+    guider.set_cfg(1.0)
+    sigmas = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "sgm_uniform", 4)
+    out = guider.sample(
+        noise, latent["samples"], comfy.samplers.sampler_object("dpmpp_2m"), sigmas, seed=0, disable_pbar=True
+    )
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
