@@ -228,3 +228,18 @@ def test_depth_mode_input_errors():
         model(z_t[..., :7], t, ctx, mask, mode="depth", image_latent=z_img[..., :7])
     with pytest.raises(ValueError, match="mode must be"):
         model(z_t, t, ctx, mask, mode="normals")
+
+
+def test_mixed_precision_base_and_converters():
+    """A bf16 base with fp32 converters (or the reverse) runs and stays close to the fp32 result."""
+    fixed, conv = tiny_pixart(), tiny_converters()
+    z_img, z_t, t, ctx, mask = inputs()
+    with torch.no_grad():
+        ref = MergePixArtTransformer(fixed, conv)(z_t, t, ctx, mask, mode="depth", image_latent=z_img)
+        for fd, cd in ((torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)):
+            f2, c2 = tiny_pixart().to(fd), tiny_converters().to(cd)
+            out = MergePixArtTransformer(f2, c2)(
+                z_t.to(fd), t, ctx.to(fd), mask, mode="depth", image_latent=z_img.to(fd)
+            )
+            assert out.dtype == cd
+            assert ((out.float() - ref).abs().max() / ref.abs().max()).item() < 0.1

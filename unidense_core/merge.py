@@ -102,7 +102,7 @@ def merge_depth_forward(
     # 1. Converter patch embedding of cat([z_img, z_t]); the fixed model's pos_embed is never used here.
     h, grid = converters.pos_embed(torch.cat([image_latent, noisy_latent], dim=1).to(wdtype))  # [B,N,D]
     # 2. The frozen model's timestep MLP and caption projection.
-    t6, t_emb = host.embed_timestep(timestep, b, h.dtype)  # [B,6D], [B,D]
+    t6, t_emb = host.embed_timestep(timestep, b, noisy_latent.dtype)  # [B,6D], [B,D] in the host's dtype
     caption, mask = host.embed_caption(context, context_mask, b)
     # 3. Group reuse: converter b//share before every frozen block b.
     for i in range(plan.num_blocks):
