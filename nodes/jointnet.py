@@ -1,0 +1,431 @@
+"""JointNet nodes: load the official folders as one 8-channel RGB-D MODEL, channel-wise inpainting inside any stock
+sampler (image→depth, depth→image, RGB-D editing), RGB-D latent helpers and the depth read-out / 16-bit export."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import folder_paths
+import node_helpers
+import torch
+from comfy_api.latest import io
+
+from ..unidense_core.inpaint import (
+    MODES,
+    PRESETS,
+    as_mask,
+    channel_mask,
+    join_rgbd,
+    latent_mask,
+    masked_condition,
+    preset_masks,
+    split_rgbd,
+)
+from ..unidense_core.readout import (
+    NORMALIZE,
+    depth_to_display,
+    jointnet_depth_from_unit,
+    normalize_depth,
+    save_depth_png16,
+)
+from ..unidense_core.readout import quantile_normalize as quantile_norm
+from ..unidense_core.rgbd_unet import BRANCHES, read_jointnet_folder
+from . import paths
+from .jointnet_host import build_joint_model, channel_inpaint_clone, get_info
+
+logger = logging.getLogger(__name__)
+
+CATEGORY = "UniDense/JointNet"
+LATENT_CHANNELS = 4
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INPAINT_MODES = [m for m in MODES if m != "joint"]  # rgb2j, j2rgb, custom
+DEPTH_NORMALIZE = ["none", "quantile", *[n for n in NORMALIZE if n != "none"]]
+
+paths.register_folder(paths.JOINTNET)
+
+
+def jointnet_models() -> list[str]:
+    """Model folders under models/jointnet (and extra paths): any folder, up to two levels deep, with both branches."""
+    found = set()
+    for root in folder_paths.get_folder_paths(paths.JOINTNET):
+        if not os.path.isdir(root):
+            continue
+        for dirpath, dirnames, _ in os.walk(root):
+            rel = os.path.relpath(dirpath, root)
+            if rel.count(os.sep) >= 2:
+                dirnames[:] = []
+            if all(os.path.isfile(os.path.join(dirpath, b, "config.json")) for b in BRANCHES):
+                found.add(rel.replace(os.sep, "/"))
+                dirnames[:] = []
+    return sorted(found)
+
+
+def jointnet_path(name: str) -> str:
+    """The folder of a listed model name; never outside the registered jointnet folders."""
+    for root in folder_paths.get_folder_paths(paths.JOINTNET):
+        root = os.path.abspath(root)
+        candidate = os.path.abspath(os.path.join(root, *name.split("/")))
+        if os.path.commonpath([root, candidate]) == root and os.path.isdir(candidate):
+            return candidate
+    dirs = ", ".join(folder_paths.get_folder_paths(paths.JOINTNET))
+    raise FileNotFoundError(f"JointNet model '{name}' was not found in {dirs}. {paths.WHERE[paths.JOINTNET]}")
+
+
+class JointNetLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_JointNetLoader",
+            display_name="UniDense Load JointNet (RGB-D)",
+            category=CATEGORY,
+            description="Load an official JointNet model (Zhang et al., ICLR 2024) from models/jointnet/<name>/"
+            "{unet,jointnet}/ as one MODEL whose latent has 8 channels (RGB 4 + depth 4): EmptyLatentImage + any "
+            "stock sampler then generate RGB-D jointly (official: 512², euler/ddim_uniform 50 steps, cfg 7.5). Use "
+            "SD2.1-base's CLIP and VAE. Both UNets follow ComfyUI's loading, offloading and dtype handling.",
+            inputs=[
+                io.Combo.Input(
+                    "model_name",
+                    options=jointnet_models(),
+                    tooltip="rgbd_finetune_sd21b: joint generation. rgbd_inpaint_sd21b: image->depth, "
+                    "depth->image and RGB-D editing (it also generates). Each folder holds unet/ and jointnet/.",
+                ),
+                io.Combo.Input(
+                    "weight_dtype",
+                    options=list(DTYPES),
+                    default="auto",
+                    tooltip="auto: ComfyUI's choice for diffusion weights on this device.",
+                ),
+            ],
+            outputs=[io.Model.Output(display_name="MODEL", tooltip="The joint RGB-D model (8-channel latent).")],
+        )
+
+    @classmethod
+    def execute(cls, model_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
+        if weight_dtype not in DTYPES:
+            raise ValueError(f"weight_dtype must be one of {list(DTYPES)}, got {weight_dtype!r}.")
+        files = read_jointnet_folder(jointnet_path(model_name))
+        return io.NodeOutput(build_joint_model(files, model_name, DTYPES[weight_dtype]))
+
+
+def _require_jointnet(model):
+    info = get_info(model)
+    if info is None:
+        raise ValueError(
+            "This node needs the JointNet MODEL from 'UniDense Load JointNet (RGB-D)'; the connected MODEL is "
+            "another model."
+        )
+    return info
+
+
+def _latent_size_mask(mask: torch.Tensor | None, name: str, pixel_size, latent_size) -> torch.Tensor | None:
+    """A MASK at the image size (or the latent size) -> binarised latent-size [B,1,h,w]; errors name the input."""
+    if mask is None:
+        return None
+    m = as_mask(mask, name)
+    sizes = {tuple(latent_size), tuple(pixel_size)}
+    if tuple(m.shape[-2:]) not in sizes:
+        want = " or ".join(f"{w}×{h}" for h, w in sorted(sizes, reverse=True))
+        raise ValueError(
+            f"{name} is {m.shape[-1]}×{m.shape[-2]}, but it must be {want} (the size of the image it masks, or the "
+            "latent size). Resize the mask to the image."
+        )
+    return latent_mask(m, latent_size)
+
+
+class ChannelInpaintRGBD(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_ChannelInpaintRGBD",
+            display_name="UniDense Channel Inpaint RGB-D (JointNet)",
+            category=CATEGORY,
+            description="Keep a known modality (or region) of the 8-channel RGB-D latent fixed per channel during "
+            "any stock sampler, as the official JointNet inpaint pipeline: rgb2j = image->depth, j2rgb = "
+            "depth->image, custom = free masks for RGB-D editing (1 = generate). Route positive/negative through "
+            "this node: they carry the inpainting model's masked-latent input. Sampler denoise = strength "
+            "(1.0 for the presets).",
+            inputs=[
+                io.Model.Input("model", tooltip="From 'UniDense Load JointNet (RGB-D)' (rgbd_inpaint_sd21b is best)."),
+                io.Conditioning.Input("positive", tooltip="The caption of the scene (SD2.1 CLIP)."),
+                io.Conditioning.Input("negative", tooltip="Usually the empty prompt (official)."),
+                io.Combo.Input(
+                    "preset",
+                    options=INPAINT_MODES,
+                    default="rgb2j",
+                    tooltip="rgb2j: image -> depth. j2rgb: depth -> image. custom: use rgb_mask / depth_mask "
+                    "(a missing mask keeps that modality).",
+                ),
+                io.Vae.Input("vae", optional=True, tooltip="SD2.1-base VAE; needed for image/depth inputs."),
+                io.Image.Input("image", optional=True, tooltip="The RGB image (sides multiples of 8)."),
+                io.Image.Input(
+                    "depth",
+                    optional=True,
+                    tooltip="A depth/disparity image in [0, 1] from any source (MERGE, DMP, a file), same size as "
+                    "the image. JointNet uses MiDaS-style relative disparity: near = bright.",
+                ),
+                io.Mask.Input("rgb_mask", optional=True, tooltip="custom: RGB region to generate (1 = generate)."),
+                io.Mask.Input("depth_mask", optional=True, tooltip="custom: depth region to generate (1 = generate)."),
+                io.Latent.Input(
+                    "rgbd_latent",
+                    optional=True,
+                    tooltip="Instead of image/depth: an 8-channel RGB-D LATENT (e.g. a JointNet result, or "
+                    "'UniDense Join RGB-D Latents').",
+                ),
+                io.Boolean.Input(
+                    "depth_near_white",
+                    default=True,
+                    tooltip="On: near is white in the depth input (disparity, ControlNet polarity; what UniDense's "
+                    "read-outs give by default). Off: near is black (plain depth); it is inverted.",
+                ),
+            ],
+            outputs=[
+                io.Model.Output(display_name="MODEL", tooltip="The JointNet model with the channel mask."),
+                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="negative"),
+                io.Latent.Output(
+                    display_name="latent", tooltip="The 8-channel RGB-D latent to sample (with an all-ones noise mask)."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        model,
+        positive,
+        negative,
+        preset: str = "rgb2j",
+        vae=None,
+        image: torch.Tensor | None = None,
+        depth: torch.Tensor | None = None,
+        rgb_mask: torch.Tensor | None = None,
+        depth_mask: torch.Tensor | None = None,
+        rgbd_latent: dict | None = None,
+        depth_near_white: bool = True,
+    ) -> io.NodeOutput:
+        info = _require_jointnet(model)
+        if preset not in INPAINT_MODES:
+            raise ValueError(f"preset must be one of {INPAINT_MODES}, got {preset!r}.")
+        # 1. Raw (unscaled) latents of both modalities; a preset's generated modality starts from nothing.
+        z_rgb, z_depth, pixel_size = cls.latents(vae, image, depth, rgbd_latent, depth_near_white, preset)
+        if preset == "rgb2j":
+            z_depth = None
+        elif preset == "j2rgb":
+            z_rgb = None
+        ref = z_rgb if z_rgb is not None else z_depth
+        b, lat = ref.shape[0], tuple(ref.shape[-2:])
+        if z_rgb is not None and z_depth is not None:
+            b = max(b, z_depth.shape[0])
+        # 2. Per-modality masks at the latent size (binarised at 0.5, nearest), 1 = generate.
+        if preset in PRESETS:
+            m_rgb, m_depth = preset_masks(preset, 1, lat)
+        else:
+            if rgb_mask is None and depth_mask is None:
+                raise ValueError("preset 'custom' needs rgb_mask and/or depth_mask (1 = generate, 0 = keep).")
+            m_rgb = _latent_size_mask(rgb_mask, "rgb_mask", pixel_size, lat)
+            m_depth = _latent_size_mask(depth_mask, "depth_mask", pixel_size, lat)
+            m_rgb = torch.zeros(1, 1, *lat) if m_rgb is None else m_rgb  # no mask: keep that modality
+            m_depth = torch.zeros(1, 1, *lat) if m_depth is None else m_depth
+        for name, z, m in (("image", z_rgb, m_rgb), ("depth", z_depth, m_depth)):
+            if m.shape[0] not in (1, b):
+                raise ValueError(f"The {name} mask has {m.shape[0]} masks for a batch of {b}.")
+            if z is None and (m < 1).any():
+                raise ValueError(f"No {name} was given, but its mask keeps part of it; connect {name} or mask it all.")
+        z_rgb, z_depth = (torch.zeros(b, LATENT_CHANNELS, *lat) if z is None else z for z in (z_rgb, z_depth))
+        cmask = channel_mask(m_rgb, m_depth, LATENT_CHANNELS)  # [B|1,8,h,w]
+        samples = join_rgbd(z_rgb, z_depth, LATENT_CHANNELS)  # [B,8,h,w] raw
+        # 3. The inpainting model's masked-latent input, in model space, as stock noise_concat conditioning.
+        if info.has_masked_latent_input:
+            scaled = model.get_model_object("latent_format").process_in(samples)
+            masked = masked_condition(m_rgb, scaled[:, :LATENT_CHANNELS], m_depth, scaled[:, LATENT_CHANNELS:])
+            positive = node_helpers.conditioning_set_values(positive, {"noise_concat": masked})
+            negative = node_helpers.conditioning_set_values(negative, {"noise_concat": masked})
+        else:
+            logger.warning(
+                "UniDense JointNet: '%s' is the generation model (no masked-latent conv); channel inpainting runs "
+                "the RePaint blend alone, as the official pipeline does. rgbd_inpaint_sd21b works better.",
+                info.name,
+            )
+        latent = {"samples": samples, "noise_mask": torch.ones(b, 1, *lat)}
+        return io.NodeOutput(channel_inpaint_clone(model, cmask), positive, negative, latent)
+
+    @classmethod
+    def latents(cls, vae, image, depth, rgbd_latent, near_white, preset):
+        """(z_rgb or None, z_depth or None, pixel size) from IMAGEs or an RGB-D LATENT."""
+        if rgbd_latent is not None:
+            if image is not None or depth is not None:
+                raise ValueError("Give either image/depth or rgbd_latent, not both.")
+            z_rgb, z_depth = split_rgbd(rgbd_latent["samples"].float(), LATENT_CHANNELS)
+            return z_rgb, z_depth, (8 * z_rgb.shape[-2], 8 * z_rgb.shape[-1])  # the images it came from
+        need = {"rgb2j": "image", "j2rgb": "depth"}.get(preset)
+        if need is not None and {"image": image, "depth": depth}[need] is None:
+            raise ValueError(f"preset '{preset}' needs the {need} input (or rgbd_latent).")
+        if image is None and depth is None:
+            raise ValueError("Connect image and/or depth (with vae), or rgbd_latent.")
+        if vae is None:
+            raise ValueError("Encoding image/depth needs the vae input (SD2.1-base's VAE).")
+        ref = image if image is not None else depth
+        h, w = ref.shape[1:3]
+        if h % 8 or w % 8:
+            raise ValueError(f"The inputs are {w}×{h} px; both sides must be multiples of 8 (JointNet, SD VAE).")
+        if image is not None and depth is not None and image.shape[1:3] != depth.shape[1:3]:
+            raise ValueError(
+                f"image is {image.shape[2]}×{image.shape[1]} but depth is {depth.shape[2]}×{depth.shape[1]}."
+            )
+        z_rgb = None if image is None else vae.encode(image[..., :3])
+        z_depth = None
+        if depth is not None:
+            d = depth[..., :3].float().clamp(0, 1)
+            d = d.expand(*d.shape[:3], 3) if d.shape[-1] == 1 else d
+            z_depth = vae.encode(d if near_white else 1 - d)
+        for z in (z_rgb, z_depth):
+            if z is not None and z.shape[1] != LATENT_CHANNELS:
+                raise ValueError(
+                    f"The VAE gives {z.shape[1]}-channel latents; JointNet needs SD2.1-base's 4-channel VAE."
+                )
+        return z_rgb, z_depth, (h, w)
+
+
+class SplitRGBDLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_SplitRGBDLatent",
+            display_name="UniDense Split RGB-D Latent",
+            category=CATEGORY,
+            description="Split JointNet's 8-channel latent into the RGB and the depth latent (4 channels each), e.g. "
+            "to decode them with the SD2.1 VAE.",
+            inputs=[io.Latent.Input("rgbd_latent", tooltip="An 8-channel RGB-D LATENT.")],
+            outputs=[
+                io.Latent.Output(display_name="rgb_latent", tooltip="Channels 0-3: decode with VAEDecode."),
+                io.Latent.Output(
+                    display_name="depth_latent", tooltip="Channels 4-7: decode with the depth decode node."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, rgbd_latent: dict) -> io.NodeOutput:
+        rgb, depth = split_rgbd(rgbd_latent["samples"], LATENT_CHANNELS)
+        extra = {k: v for k, v in rgbd_latent.items() if k == "batch_index"}
+        return io.NodeOutput({"samples": rgb, **extra}, {"samples": depth, **extra})
+
+
+class JoinRGBDLatent(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_JoinRGBDLatent",
+            display_name="UniDense Join RGB-D Latents",
+            category=CATEGORY,
+            description="Stack an RGB latent and a depth latent (SD VAE, 4 channels each) into JointNet's 8-channel "
+            "RGB-D latent (RGB first).",
+            inputs=[
+                io.Latent.Input("rgb_latent", tooltip="VAEEncode of the image."),
+                io.Latent.Input("depth_latent", tooltip="VAEEncode of the depth image (near = white)."),
+            ],
+            outputs=[io.Latent.Output(display_name="rgbd_latent")],
+        )
+
+    @classmethod
+    def execute(cls, rgb_latent: dict, depth_latent: dict) -> io.NodeOutput:
+        out = {"samples": join_rgbd(rgb_latent["samples"], depth_latent["samples"], LATENT_CHANNELS)}
+        if "batch_index" in rgb_latent:
+            out["batch_index"] = rgb_latent["batch_index"]
+        return io.NodeOutput(out)
+
+
+class JointNetDepthDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_JointNetDepthDecode",
+            display_name="UniDense JointNet Depth Decode",
+            category=CATEGORY,
+            description="Decode the depth half of a JointNet latent with the VAE and read channel 0 (the official "
+            "read-out): relative disparity in [0, 1], near = bright. Gives a 3-channel IMAGE for ControlNet and "
+            "the raw values as a MASK (never normalised).",
+            inputs=[
+                io.Vae.Input("vae", tooltip="SD2.1-base's VAE."),
+                io.Latent.Input("latent", tooltip="The 8-channel RGB-D latent, or a 4-channel depth latent."),
+                io.Boolean.Input(
+                    "near_white", default=True, tooltip="On: near = white, as MiDaS and SD depth ControlNets expect."
+                ),
+                io.Combo.Input(
+                    "normalize",
+                    options=DEPTH_NORMALIZE,
+                    default="none",
+                    tooltip="Display image only: none (as decoded), quantile (official --normalize: 1%/99% "
+                    "quantiles to 0/1, clipped), per_image / per_batch min-max.",
+                ),
+            ],
+            outputs=[
+                io.Image.Output(display_name="depth_image", tooltip="3-channel depth for ControlNet / preview."),
+                io.Mask.Output(display_name="depth_raw", tooltip="Float disparity [B,H,W], near = bright, raw."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, vae, latent: dict, near_white: bool = True, normalize: str = "none") -> io.NodeOutput:
+        if normalize not in DEPTH_NORMALIZE:
+            raise ValueError(f"normalize must be one of {DEPTH_NORMALIZE}, got {normalize!r}.")
+        z = latent["samples"]
+        if z.ndim != 4 or z.shape[1] not in (LATENT_CHANNELS, 2 * LATENT_CHANNELS):
+            raise ValueError(f"latent must have 4 (depth) or 8 (RGB-D) channels, got shape {tuple(z.shape)}.")
+        if z.shape[1] == 2 * LATENT_CHANNELS:
+            z = split_rgbd(z, LATENT_CHANNELS)[1]
+        raw = jointnet_depth_from_unit(vae.decode(z), channel_dim=-1)  # [B,H,W]
+        shown = quantile_norm(raw) if normalize == "quantile" else normalize_depth(raw, normalize)
+        return io.NodeOutput(depth_to_display(shown, near_is_low=False, near_white=near_white), raw)
+
+
+class SaveDepth16(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_SaveDepth16",
+            display_name="UniDense Save Depth (16-bit PNG)",
+            category=CATEGORY,
+            description="Save depth maps in [0, 1] as 16-bit greyscale PNGs (round(d·65535)), the official JointNet "
+            "export, into the output folder.",
+            inputs=[
+                io.Mask.Input("depth", tooltip="Depth [B,H,W] in [0, 1], e.g. depth_raw of the depth decode."),
+                io.String.Input("filename_prefix", default="unidense/jointnet_depth", tooltip="Subfolder/name prefix."),
+                io.Boolean.Input(
+                    "quantile_normalize",
+                    default=False,
+                    tooltip="Apply the official --normalize (1%/99% quantiles -> 0/1) before saving.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="first_file", tooltip="Path of the first file, relative to output.")
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, depth: torch.Tensor, filename_prefix: str, quantile_normalize: bool = False) -> io.NodeOutput:
+        d = as_mask(depth, "depth")[:, 0]  # [B,H,W]
+        if quantile_normalize:
+            d = quantile_norm(d)
+        out_dir = folder_paths.get_output_directory()
+        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, out_dir, d.shape[-1], d.shape[-2]
+        )
+        files = []
+        for i in range(d.shape[0]):
+            filename = f"{name}_{counter + i:05}_.png"
+            save_depth_png16(d[i], os.path.join(full_dir, filename))
+            files.append(f"{subfolder}/{filename}" if subfolder else filename)
+        return io.NodeOutput(files[0])
+
+
+NODES: list[type[io.ComfyNode]] = [
+    JointNetLoader,
+    ChannelInpaintRGBD,
+    SplitRGBDLatent,
+    JoinRGBDLatent,
+    JointNetDepthDecode,
+    SaveDepth16,
+]
