@@ -1,0 +1,150 @@
+"""3D export: RGB-D images and panoramas -> PLY point clouds / GLB meshes that ComfyUI's Preview3D opens."""
+
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import io, ui
+
+from ..unidense_core.geometry3d import (
+    DEPTH_KINDS,
+    FORMATS,
+    depth_from_map,
+    require_trimesh,
+    rgbd_to_geometry,
+    save_geometry,
+)
+from ..unidense_core.readout import resize_depth
+
+PROJECTIONS = {  # node choice -> (projection, span)
+    "perspective": ("perspective", 360.0),
+    "cylindrical_360": ("cylindrical", 360.0),
+    "cylindrical_180": ("cylindrical", 180.0),
+    "equirectangular": ("equirectangular", 360.0),
+}
+
+
+class SaveRGBD3D(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_SaveRGBD3D",
+            display_name="UniDense Save RGB-D as 3D (PLY/GLB)",
+            category="UniDense/3D",
+            description="Turn an image and its depth (e.g. a JointNet RGB-D panorama) into a coloured point cloud "
+            "(PLY/GLB) or mesh (GLB/PLY) in the output folder. Connect model_file to core 'Preview 3D' to look at "
+            "it (the viewer opens GLB). Needs the 'trimesh' package.",
+            inputs=[
+                io.Image.Input("image", tooltip="The colours [B,H,W,3]."),
+                io.Image.Input(
+                    "depth",
+                    tooltip="Depth or disparity as an image; channel 0 is used (the JointNet read-out). Resized to "
+                    "the image if needed.",
+                ),
+                io.Combo.Input(
+                    "projection",
+                    options=list(PROJECTIONS),
+                    default="cylindrical_360",
+                    tooltip="perspective: one camera view (set fov). cylindrical_360/180: a panorama spanning 360°/"
+                    "180° horizontally (JointNet pano2mesh). equirectangular: a 2:1 360°×180° image.",
+                ),
+                io.Combo.Input(
+                    "depth_kind",
+                    options=list(DEPTH_KINDS),
+                    default="disparity",
+                    tooltip="disparity: near = bright, depth = 1/(v·scale + shift) (JointNet, MiDaS, ControlNet "
+                    "maps). depth: near = dark, depth = v·scale + shift (MERGE, DMP).",
+                ),
+                io.Combo.Input(
+                    "format",
+                    options=list(FORMATS),
+                    default="glb_mesh",
+                    tooltip="glb_mesh / glb_points open in Preview 3D; PLY is for MeshLab, CloudCompare, Blender.",
+                ),
+                io.Float.Input(
+                    "scale", default=1.0, min=1e-4, max=1e4, step=0.01, tooltip="Depth map value scale (see kind)."
+                ),
+                io.Float.Input(
+                    "shift",
+                    default=0.05,
+                    min=-1e4,
+                    max=1e4,
+                    step=0.01,
+                    tooltip="Depth map value shift; for disparity keep it > 0 so the farthest pixels stay finite.",
+                ),
+                io.Float.Input(
+                    "fov",
+                    default=60.0,
+                    min=1.0,
+                    max=179.0,
+                    step=0.5,
+                    tooltip="Horizontal field of view in degrees (perspective only).",
+                ),
+                io.Int.Input(
+                    "step",
+                    default=1,
+                    min=1,
+                    max=16,
+                    tooltip="Average step×step pixel blocks first (smaller files); must divide the image size.",
+                ),
+                io.Float.Input(
+                    "max_depth_ratio",
+                    default=0.0,
+                    min=0.0,
+                    max=100.0,
+                    step=0.05,
+                    tooltip="Meshes: drop triangles whose far/near depth ratio exceeds this (no 'rubber sheets' at "
+                    "object edges); 0 = keep all (official pano2mesh).",
+                ),
+                io.String.Input("filename_prefix", default="unidense/rgbd", tooltip="Output subfolder/name prefix."),
+            ],
+            outputs=[
+                io.String.Output(
+                    display_name="model_file",
+                    tooltip="Path of the first file, relative to the output folder: connect to Preview 3D.",
+                )
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls,
+        image: torch.Tensor,
+        depth: torch.Tensor,
+        projection: str,
+        depth_kind: str,
+        format: str,  # noqa: A002  (the input's name)
+        scale: float,
+        shift: float,
+        fov: float,
+        step: int,
+        max_depth_ratio: float,
+        filename_prefix: str,
+    ) -> io.NodeOutput:
+        require_trimesh()  # fail before any work when the optional dependency is missing
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {list(PROJECTIONS)}, got {projection!r}.")
+        if image.ndim != 4 or depth.ndim != 4:
+            raise ValueError(
+                f"image and depth must be IMAGEs [B,H,W,C], got {tuple(image.shape)}, {tuple(depth.shape)}."
+            )
+        if depth.shape[0] not in (1, image.shape[0]):
+            raise ValueError(f"depth has {depth.shape[0]} images for {image.shape[0]} colour images.")
+        proj, span = PROJECTIONS[projection]
+        values = resize_depth(depth[..., 0].float(), tuple(image.shape[1:3]))  # [B,H,W]
+        out_dir = folder_paths.get_output_directory()
+        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
+        ext = "glb" if format.startswith("glb") else "ply"
+        results, files = [], []
+        for i in range(image.shape[0]):
+            d = depth_from_map(values[min(i, values.shape[0] - 1)], depth_kind, scale, shift)
+            vertices, colors, faces = rgbd_to_geometry(image[i], d, proj, fov, span, step, max_depth_ratio)
+            filename = f"{name}_{counter:05}_.{ext}"
+            save_geometry(os.path.join(full_dir, filename), vertices, colors, faces, format)
+            results.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
+            files.append(f"{subfolder}/{filename}" if subfolder else filename)
+            counter += 1
+        return io.NodeOutput(files[0], ui={"result": [files[0], None], "3d": results})
