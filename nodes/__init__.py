@@ -6,16 +6,30 @@ from comfy_api.latest import io
 
 from . import paths
 from .depth import DepthReadout
+from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
+from .export3d import SaveRGBD3D
+from .jointnet import NODES as JOINTNET_NODES
 from .merge import LoadConverter, MergeDepthConditioning, ModeSwitch
+from .panorama import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
 paths.register()
 
 NODE_LIST: list[type[io.ComfyNode]] = [
+    # MERGE (Lin et al., NeurIPS 2025)
     LoadConverter,
     ModeSwitch,
     MergeDepthConditioning,
     DepthReadout,
     SavePromptEmbedding,
     LoadPromptEmbedding,
+    # DMP (Lee et al., CVPR 2024)
+    *DMP_NODES,
+    # JointNet (Zhang et al., ICLR 2024): joint RGB-D model, channel-wise inpainting, RGB-D latent helpers
+    *JOINTNET_NODES,
+    # Tiled panoramas, circular VAE and 3D export (JointNet §4.2)
+    TiledPanorama,
+    CircularVAEDecode,
+    CircularVAEEncode,
+    SaveRGBD3D,
 ]

@@ -42,8 +42,6 @@ DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": to
 INPAINT_MODES = [m for m in MODES if m != "joint"]  # rgb2j, j2rgb, custom
 DEPTH_NORMALIZE = ["none", "quantile", *[n for n in NORMALIZE if n != "none"]]
 
-paths.register_folder(paths.JOINTNET)
-
 
 def jointnet_models() -> list[str]:
     """Model folders under models/jointnet (and extra paths): any folder, up to two levels deep, with both branches."""

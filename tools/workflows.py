@@ -15,163 +15,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # frontend-only nodes, never sent to the server
-FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".png", ".jpg", ".jpeg", ".webp")
+# combo values that name a user's file or model folder (not on this disk, so not in the combo's options)
+FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".png", ".jpg", ".jpeg", ".webp", "_sd21b")
 
-PIXART = "PixArt-XL-2-512x512.safetensors"
-T5 = "t5xxl_fp16.safetensors"
-VAE = "vae-ft-ema-560000-ema-pruned.safetensors"
-CONVERTER = "depth_converters/diffusion_pytorch_model.safetensors"
-EMPTY_PROMPT = "pixart_t5_empty.safetensors"
-KSAMPLER_MERGE = dict(
-    seed=0,
-    control_after_generate="fixed",
-    steps=20,
-    cfg=1.0,
-    sampler_name="dpmpp_2m",
-    scheduler="sgm_uniform",
-    denoise=1.0,
-)
-
-
-def merge_depth_nodes(image_src, cond_src, vae_src):
-    """Shared MERGE depth chain: converters + ModeSwitch(depth) + conditioning + KSampler + decode + read-out."""
-    return [
-        ("conv", "UniDense_LoadConverter", dict(converter_name=CONVERTER, weight_dtype="auto"), {}),
-        (
-            "depth_model",
-            "UniDense_ModeSwitch",
-            dict(mode="depth", latent_format="pixart_alpha"),
-            dict(model=("unet", 0), converters=("conv", 0)),
-        ),
-        (
-            "depth_cond",
-            "UniDense_MergeDepthConditioning",
-            dict(resolution="official_bins"),
-            dict(conditioning=cond_src, vae=vae_src, image=image_src),
-        ),
-        (
-            "depth_sample",
-            "KSampler",
-            dict(KSAMPLER_MERGE),
-            dict(
-                model=("depth_model", 0),
-                positive=("depth_cond", 0),
-                negative=("depth_cond", 1),
-                latent_image=("depth_cond", 2),
-            ),
-        ),
-        ("depth_decode", "VAEDecode", {}, dict(samples=("depth_sample", 0), vae=vae_src)),
-        (
-            "readout",
-            "UniDense_MergeDepthReadout",
-            dict(near_white=True, normalize="per_image"),
-            dict(decoded=("depth_decode", 0), reference_image=image_src),
-        ),
-    ]
-
-
-FILES_NOTE = f"""## Files for MERGE-B (UniDense)
-- `models/diffusion_models/{PIXART}`: PixArt-α 512 transformer (PixArt-alpha/PixArt-XL-2-512x512).
-- `models/vae/{VAE}`: the SD VAE PixArt-α uses (sd-vae-ft-ema).
-- `models/text_encoders/{T5}`: T5-XXL (only to encode prompts; depth uses the saved empty prompt).
-- `models/merge_converters/depth_converters/`: config.json + diffusion_pytorch_model.safetensors from
-  hongk1998/merge-base-depth-v1.
-- `models/unidense_embeddings/{EMPTY_PROMPT}`: made once by the 'generate then depth' workflow
-  (UniDense Save Prompt Embedding).
-
-Official depth settings: dpmpp_2m, sgm_uniform, 20 steps, cfg 1.0, empty prompt. Depth is affine-invariant;
-the read-out gives near = white for ControlNet and the raw float depth as a MASK."""
-
-SPECS = {
-    "merge_depth_from_image": [
-        ("image", "LoadImage", dict(image="example.png", upload="image"), {}),
-        ("unet", "UNETLoader", dict(unet_name=PIXART, weight_dtype="default"), {}),
-        ("vae", "VAELoader", dict(vae_name=VAE), {}),
-        ("empty", "UniDense_LoadPromptEmbedding", dict(embedding_name=EMPTY_PROMPT), {}),
-        *merge_depth_nodes(("image", 0), ("empty", 0), ("vae", 0)),
-        ("preview", "PreviewImage", {}, dict(images=("readout", 0))),
-    ],
-    "merge_generate_then_depth": [
-        ("unet", "UNETLoader", dict(unet_name=PIXART, weight_dtype="default"), {}),
-        ("clip", "CLIPLoader", dict(clip_name=T5, type="pixart", device="default"), {}),
-        ("vae", "VAELoader", dict(vae_name=VAE), {}),
-        (
-            "prompt",
-            "CLIPTextEncode",
-            dict(text="a cozy reading corner with a lamp and bookshelves"),
-            dict(clip=("clip", 0)),
-        ),
-        ("empty", "CLIPTextEncode", dict(text=""), dict(clip=("clip", 0))),
-        (
-            "save_empty",
-            "UniDense_SavePromptEmbedding",
-            dict(filename="pixart_t5_empty", prompt=""),
-            dict(conditioning=("empty", 0)),
-        ),
-        (
-            "gen_model",
-            "UniDense_ModeSwitch",
-            dict(mode="generate", latent_format="pixart_alpha"),
-            dict(model=("unet", 0), converters=("conv", 0)),
-        ),
-        ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
-        (
-            "gen_sample",
-            "KSampler",
-            dict(KSAMPLER_MERGE, cfg=4.5),
-            dict(
-                model=("gen_model", 0), positive=("prompt", 0), negative=("save_empty", 0), latent_image=("latent", 0)
-            ),
-        ),
-        ("gen_decode", "VAEDecode", {}, dict(samples=("gen_sample", 0), vae=("vae", 0))),
-        ("save_image", "SaveImage", dict(filename_prefix="unidense/merge_generated"), dict(images=("gen_decode", 0))),
-        *merge_depth_nodes(("gen_decode", 0), ("save_empty", 0), ("vae", 0)),
-        ("preview", "PreviewImage", {}, dict(images=("readout", 0))),
-    ],
-    "merge_depth_controlnet": [
-        ("image", "LoadImage", dict(image="example.png", upload="image"), {}),
-        ("unet", "UNETLoader", dict(unet_name=PIXART, weight_dtype="default"), {}),
-        ("vae", "VAELoader", dict(vae_name=VAE), {}),
-        ("empty", "UniDense_LoadPromptEmbedding", dict(embedding_name=EMPTY_PROMPT), {}),
-        *merge_depth_nodes(("image", 0), ("empty", 0), ("vae", 0)),
-        ("sd15", "CheckpointLoaderSimple", dict(ckpt_name="v1-5-pruned-emaonly.safetensors"), {}),
-        ("cn", "ControlNetLoader", dict(control_net_name="control_v11f1p_sd15_depth.pth"), {}),
-        ("pos", "CLIPTextEncode", dict(text="a sunlit scandinavian living room, photo"), dict(clip=("sd15", 1))),
-        ("neg", "CLIPTextEncode", dict(text="blurry, low quality"), dict(clip=("sd15", 1))),
-        (
-            "apply_cn",
-            "ControlNetApplyAdvanced",
-            dict(strength=1.0, start_percent=0.0, end_percent=1.0),
-            dict(positive=("pos", 0), negative=("neg", 0), control_net=("cn", 0), image=("readout", 0)),
-        ),
-        ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
-        (
-            "sample",
-            "KSampler",
-            dict(
-                seed=0,
-                control_after_generate="randomize",
-                steps=20,
-                cfg=7.0,
-                sampler_name="euler",
-                scheduler="normal",
-                denoise=1.0,
-            ),
-            dict(model=("sd15", 0), positive=("apply_cn", 0), negative=("apply_cn", 1), latent_image=("latent", 0)),
-        ),
-        ("decode", "VAEDecode", {}, dict(samples=("sample", 0), vae=("sd15", 2))),
-        ("save", "SaveImage", dict(filename_prefix="unidense/merge_controlnet"), dict(images=("decode", 0))),
-        ("preview_depth", "PreviewImage", {}, dict(images=("readout", 0))),
-    ],
-}
-# generate_then_depth needs the converters too (ModeSwitch takes them in both modes)
-SPECS["merge_generate_then_depth"].insert(
-    0, ("conv", "UniDense_LoadConverter", dict(converter_name=CONVERTER, weight_dtype="auto"), {})
-)
-SPECS["merge_generate_then_depth"] = [
-    n for i, n in enumerate(SPECS["merge_generate_then_depth"]) if not (n[0] == "conv" and i > 0)
-]
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from workflow_specs import FILES_NOTE, NOTES, SPECS  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
 # Node schemas (as /object_info serves them)
@@ -247,7 +95,8 @@ def combo_options(typ, opts) -> list:
 # Build
 
 
-def build(nodes, spec: list) -> dict:
+def build(nodes, spec: list, note: str = FILES_NOTE) -> dict:
+    """UI-format workflow for ``spec`` (see workflow_specs.py), with ``note`` as a Markdown note on the canvas."""
     ids = {key: i + 1 for i, (key, *_rest) in enumerate(spec)}
     infos = {key: node_info(nodes, typ) for key, typ, _w, _i in spec}
     out_nodes, links = [], []
@@ -311,7 +160,7 @@ def build(nodes, spec: list) -> dict:
             "inputs": [],
             "outputs": [],
             "properties": {},
-            "widgets_values": [FILES_NOTE],
+            "widgets_values": [note],
         }
     )
     return {
@@ -417,7 +266,7 @@ def main() -> None:
     if sys.argv[1:] == ["build"]:
         for name, spec in SPECS.items():
             with open(os.path.join(folder, name + ".json"), "w", encoding="utf-8") as f:
-                json.dump(build(nodes, spec), f, indent=1)
+                json.dump(build(nodes, spec, NOTES.get(name, FILES_NOTE)), f, indent=1)
             print("wrote", name)
     bad = 0
     for fn in sorted(os.listdir(folder)):

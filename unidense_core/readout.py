@@ -64,3 +64,46 @@ def resize_depth(depth: torch.Tensor, size: tuple[int, int], mode: str = "biline
     if tuple(depth.shape[-2:]) == tuple(size):
         return depth
     return F.interpolate(depth[:, None], size=size, mode=mode, align_corners=False)[:, 0]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# JointNet read-out (Zhang et al., ICLR 2024): channel 0 of the decoded depth half, relative disparity.
+
+JOINTNET_DISPARITY = DepthKind("disparity", near_is_low=False)  # MiDaS-style relative disparity: near = bright
+
+
+def jointnet_depth_from_unit(image: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """JointNet read-out: channel 0 of the decoded depth image in [0, 1] -> [B,H,W] disparity (near = bright).
+
+    ``image`` is [B,3,H,W] (channel_dim=1) or ComfyUI's [B,H,W,3] (channel_dim=-1).
+    """
+    if image.ndim != 4:
+        raise ValueError(f"Expected a decoded image [B,3,H,W] or [B,H,W,3], got shape {tuple(image.shape)}.")
+    return image.select(channel_dim, 0).float()
+
+
+def quantile_normalize(depth: torch.Tensor, low: float = 0.01, high: float = 0.99) -> torch.Tensor:
+    """The official JointNet ``--normalize``: per image, map the 1% / 99% quantiles to 0 / 1 and clip."""
+    if depth.ndim != 3:
+        raise ValueError(f"Expected depth of shape [B,H,W], got {tuple(depth.shape)}.")
+    flat = depth.float().flatten(1)
+    q = torch.quantile(flat, torch.tensor([low, high], dtype=flat.dtype, device=flat.device), dim=1)  # [2,B]
+    lo, hi = q[0][:, None, None], q[1][:, None, None]
+    return ((depth - lo) / (hi - lo).clamp_min(1e-8)).clamp(0, 1)
+
+
+def depth_to_uint16(depth: torch.Tensor) -> torch.Tensor:
+    """[..., H, W] values in [0, 1] -> uint16 codes ``round(d · 65535)`` (the official 16-bit PNG export)."""
+    return (depth.float().clamp(0, 1) * 65535).round().to(torch.int32).to(torch.uint16)
+
+
+def save_depth_png16(depth: torch.Tensor, path: str) -> str:
+    """Write one [H,W] depth map in [0, 1] as a 16-bit greyscale PNG (needs Pillow)."""
+    import numpy as np
+    from PIL import Image
+
+    if depth.ndim != 2:
+        raise ValueError(f"save_depth_png16 writes one [H,W] map; got shape {tuple(depth.shape)}.")
+    codes = depth_to_uint16(depth.detach().cpu()).to(torch.int32).numpy().astype(np.uint16)
+    Image.fromarray(codes).save(path)
+    return path

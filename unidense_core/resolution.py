@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
 # PixArt-α 512 aspect-ratio bins, ratio h/w -> (height, width) in pixels, as the official MERGE pipeline uses them
 # (`use_resolution_binning=True`). Data from PixArt-α (Apache-2.0), as published in diffusers.
 ASPECT_RATIO_512_BIN: dict[str, tuple[int, int]] = {
@@ -61,3 +64,56 @@ def check_multiple(height: int, width: int, multiple: int, name: str = "image") 
         f"{name} is {width}×{height} px, but both sides must be multiples of {multiple} px here. "
         f"Resize or crop it to width {near(width)} and height {near(height)}, or use the official resolution bins."
     )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Processing resolution for dense estimators (diffusers Marigold semantics, shared by the UniDense estimators)
+
+RESIZE_SIDES = ("longer", "shorter")  # longer: diffusers Marigold; shorter: DMP's official __call__ (512)
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, int(value / multiple + 0.5) * multiple)
+
+
+def processing_size(
+    height: int, width: int, processing_resolution: int, multiple: int = 8, side: str = "longer"
+) -> tuple[int, int]:
+    """(height, width) at which to run an estimator, aspect ratio kept.
+
+    ``processing_resolution`` is the length of the ``side`` ("longer" as diffusers Marigold, "shorter" as DMP's
+    official pipeline); 0 keeps the native size. Both sides are then rounded to the nearest multiple of
+    ``multiple`` (the VAE factor 8), so the result may differ from the input aspect by < 1 multiple.
+    """
+    if side not in RESIZE_SIDES:
+        raise ValueError(f"side must be one of {RESIZE_SIDES}, got {side!r}.")
+    if processing_resolution < 0 or processing_resolution % multiple:
+        raise ValueError(
+            f"processing_resolution must be 0 (native size) or a positive multiple of {multiple}, "
+            f"got {processing_resolution}."
+        )
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image size must be positive, got {width}×{height}.")
+    if processing_resolution == 0:
+        return _round_to(height, multiple), _round_to(width, multiple)
+    ref = max(height, width) if side == "longer" else min(height, width)
+    scale = processing_resolution / ref
+    return _round_to(height * scale, multiple), _round_to(width * scale, multiple)
+
+
+def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize [B,C,H,W] to ``size`` (antialiased when shrinking, as Marigold); unchanged if already that size."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    aa = shrink and mode in ("bilinear", "bicubic")
+    align = False if mode in ("bilinear", "bicubic") else None
+    return F.interpolate(image, size=tuple(size), mode=mode, align_corners=align, antialias=aa)
+
+
+def resize_for_processing(
+    image: torch.Tensor, processing_resolution: int, multiple: int = 8, side: str = "longer", mode: str = "bicubic"
+) -> torch.Tensor:
+    """[B,C,H,W] image in [0, 1] -> the processing size of :func:`processing_size`, clamped to [0, 1]."""
+    size = processing_size(image.shape[-2], image.shape[-1], processing_resolution, multiple, side)
+    return resize_image(image, size, mode).clamp(0, 1)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .converters import ConverterConfig, MergeConverters
+from .lora import LoraModule, LoraWeights, module_weight_shapes
 
 # diffusers PixArtTransformer2DModel kwargs: PixArt-α 512 layout at toy width (4 blocks, 2 heads × 32).
 TINY_PIXART = dict(
@@ -82,3 +83,72 @@ def tiny_vae(seed: int = 2) -> nn.Module:
     from diffusers import AutoencoderKL
 
     return randomize_(AutoencoderKL(**TINY_VAE), seed, scale=0.1).eval()
+
+
+# diffusers UNet2DConditionModel kwargs: the SD2.1-base layout (linear attention projections, 64-ch-per-head style
+# head counts, flip_sin_to_cos) at toy size with 2 down blocks: 6 down-path skips instead of SD2.1's 12.
+TINY_SD21_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(32, 64),
+    layers_per_block=2,
+    cross_attention_dim=32,
+    attention_head_dim=(2, 4),  # head counts, diffusers' SD2 naming: 16 channels per head at every level
+    use_linear_projection=True,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    norm_num_groups=32,
+)
+
+
+def tiny_sd21_unet(seed: int = 0, **overrides) -> nn.Module:
+    """A diffusers UNet2DConditionModel (needs diffusers) in the SD2.1 layout with random non-zero weights."""
+    from diffusers import UNet2DConditionModel
+
+    return randomize_(UNet2DConditionModel(**{**TINY_SD21_UNET, **overrides}), seed).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DMP: SD 1.x UNets (diffusers UNet2DConditionModel kwargs)
+
+# The SD 1.x block layout at toy width: 3 cross-attention down blocks + 1 plain, 2 layers each, so the same
+# 16 transformer blocks / 32 attention processors (the module names DMP's LoRA keys use). Widths are multiples of
+# 32 (GroupNorm) and 8 heads as in SD 1.x, so ComfyUI's SD15 config can hold the same weights.
+TINY_SD_UNET = dict(
+    sample_size=8,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(32, 64, 64, 64),
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=8,
+    norm_num_groups=32,
+)
+# CompVis/stable-diffusion-v1-4 unet/config.json (the base DMP was trained on), for shape checks and benchmarks.
+SD14_UNET = dict(TINY_SD_UNET, sample_size=64, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768)
+
+
+def tiny_sd_unet(seed: int = 3, scale: float = 0.05, **overrides) -> nn.Module:
+    """A diffusers UNet2DConditionModel (needs diffusers) in the SD 1.x layout with random non-zero weights."""
+    from diffusers import UNet2DConditionModel
+
+    return randomize_(UNet2DConditionModel(**{**TINY_SD_UNET, **overrides}), seed, scale).eval()
+
+
+def random_dmp_lora(
+    unet: nn.Module, rank: int = 4, seed: int = 4, scale: float = 0.2, source: str = "random LoRA"
+) -> LoraWeights:
+    """A LoRA in DMP's layout (q, k, v, out of every attn1/attn2) with random non-zero up and down weights."""
+    g = torch.Generator().manual_seed(seed)
+    modules = {}
+    for name, shape in sorted(module_weight_shapes(unet).items()):
+        if (".attn1." in name or ".attn2." in name) and name.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")):
+            down = torch.randn(rank, shape[1], generator=g) * scale  # [r, in]
+            up = torch.randn(shape[0], rank, generator=g) * scale  # [out, r]
+            modules[name] = LoraModule(down, up)
+    return LoraWeights(modules, source, "attn_processor")
