@@ -1,8 +1,8 @@
 """Command line: ``python -m unidense_core <command>``.
 
-    selfcheck                 run every capability end to end on tiny random models (no downloads)
-    merge-depth               depth from an image with PixArt-α + MERGE converters (local folders only)
-    merge-generate            text-to-image with the same PixArt-α
+selfcheck                 run every capability end to end on tiny random models (no downloads)
+merge-depth               depth from an image with PixArt-α + MERGE converters (local folders only)
+merge-generate            text-to-image with the same PixArt-α
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m unidense_core", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m unidense_core", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="command", required=True)
     sc = sub.add_parser("selfcheck", help="end-to-end check on tiny random models")
     sc.add_argument("only", nargs="*", help="run only checks whose name contains these words")
@@ -51,8 +52,13 @@ def _run_merge(args) -> int:
 
     depth_mode = args.command == "merge-depth"
     empty = getattr(args, "empty_prompt", None)
-    pipe = MergePipeline.from_folders(args.pixart, args.converters, empty_prompt_path=empty, device=args.device,
-                                      load_text_encoder=not depth_mode or empty is None)
+    pipe = MergePipeline.from_folders(
+        args.pixart,
+        args.converters,
+        empty_prompt_path=empty,
+        device=args.device,
+        load_text_encoder=not depth_mode or empty is None,
+    )
     g = torch.Generator().manual_seed(args.seed)
     if depth_mode:
         if args.save_empty_prompt:
