@@ -58,6 +58,39 @@ def merge_depth_nodes(image_src, cond_src, vae_src):
     ]
 
 
+def depth_controlnet_nodes(ckpt, depth_src, prefix):
+    """An SD 1.5 depth ControlNet generation from a depth IMAGE (near = white), the checkpoint at key ``ckpt``."""
+    return [
+        ("cn", "ControlNetLoader", dict(control_net_name="control_v11f1p_sd15_depth.pth"), {}),
+        ("pos", "CLIPTextEncode", dict(text="a sunlit scandinavian living room, photo"), dict(clip=(ckpt, 1))),
+        ("neg", "CLIPTextEncode", dict(text="blurry, low quality"), dict(clip=(ckpt, 1))),
+        (
+            "apply_cn",
+            "ControlNetApplyAdvanced",
+            dict(strength=1.0, start_percent=0.0, end_percent=1.0),
+            dict(positive=("pos", 0), negative=("neg", 0), control_net=("cn", 0), image=depth_src),
+        ),
+        ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
+        (
+            "cn_sample",
+            "KSampler",
+            dict(
+                seed=0,
+                control_after_generate="randomize",
+                steps=20,
+                cfg=7.0,
+                sampler_name="euler",
+                scheduler="normal",
+                denoise=1.0,
+            ),
+            dict(model=(ckpt, 0), positive=("apply_cn", 0), negative=("apply_cn", 1), latent_image=("latent", 0)),
+        ),
+        ("cn_decode", "VAEDecode", {}, dict(samples=("cn_sample", 0), vae=(ckpt, 2))),
+        ("save", "SaveImage", dict(filename_prefix=prefix), dict(images=("cn_decode", 0))),
+        ("preview_depth", "PreviewImage", {}, dict(images=depth_src)),
+    ]
+
+
 FILES_NOTE = f"""## Files for MERGE-B (UniDense)
 - `models/diffusion_models/{PIXART}`: PixArt-α 512 transformer (PixArt-alpha/PixArt-XL-2-512x512).
 - `models/vae/{VAE}`: the SD VAE PixArt-α uses (sd-vae-ft-ema).
@@ -123,33 +156,7 @@ SPECS = {
         ("empty", "UniDense_LoadPromptEmbedding", dict(embedding_name=EMPTY_PROMPT), {}),
         *merge_depth_nodes(("image", 0), ("empty", 0), ("vae", 0)),
         ("sd15", "CheckpointLoaderSimple", dict(ckpt_name="v1-5-pruned-emaonly.safetensors"), {}),
-        ("cn", "ControlNetLoader", dict(control_net_name="control_v11f1p_sd15_depth.pth"), {}),
-        ("pos", "CLIPTextEncode", dict(text="a sunlit scandinavian living room, photo"), dict(clip=("sd15", 1))),
-        ("neg", "CLIPTextEncode", dict(text="blurry, low quality"), dict(clip=("sd15", 1))),
-        (
-            "apply_cn",
-            "ControlNetApplyAdvanced",
-            dict(strength=1.0, start_percent=0.0, end_percent=1.0),
-            dict(positive=("pos", 0), negative=("neg", 0), control_net=("cn", 0), image=("readout", 0)),
-        ),
-        ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
-        (
-            "sample",
-            "KSampler",
-            dict(
-                seed=0,
-                control_after_generate="randomize",
-                steps=20,
-                cfg=7.0,
-                sampler_name="euler",
-                scheduler="normal",
-                denoise=1.0,
-            ),
-            dict(model=("sd15", 0), positive=("apply_cn", 0), negative=("apply_cn", 1), latent_image=("latent", 0)),
-        ),
-        ("decode", "VAEDecode", {}, dict(samples=("sample", 0), vae=("sd15", 2))),
-        ("save", "SaveImage", dict(filename_prefix="unidense/merge_controlnet"), dict(images=("decode", 0))),
-        ("preview_depth", "PreviewImage", {}, dict(images=("readout", 0))),
+        *depth_controlnet_nodes("sd15", ("readout", 0), "unidense/merge_controlnet"),
     ],
 }
 # generate_then_depth needs the converters too (ModeSwitch takes them in both modes)
@@ -383,34 +390,8 @@ SPECS["dmp_depth_controlnet"] = [
     ("image", "LoadImage", dict(image="example.png", upload="image"), {}),
     *dmp_nodes(DMP_DEPTH),
     dmp_depth_readout(),
-    ("cn", "ControlNetLoader", dict(control_net_name="control_v11f1p_sd15_depth.pth"), {}),
-    ("pos", "CLIPTextEncode", dict(text="a sunlit scandinavian living room, photo"), dict(clip=("ckpt", 1))),
-    ("neg", "CLIPTextEncode", dict(text="blurry, low quality"), dict(clip=("ckpt", 1))),
-    (
-        "apply_cn",
-        "ControlNetApplyAdvanced",
-        dict(strength=1.0, start_percent=0.0, end_percent=1.0),
-        dict(positive=("pos", 0), negative=("neg", 0), control_net=("cn", 0), image=("readout", 0)),
-    ),
-    ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
-    (
-        "sample",
-        "KSampler",
-        dict(
-            seed=0,
-            control_after_generate="randomize",
-            steps=20,
-            cfg=7.0,
-            sampler_name="euler",
-            scheduler="normal",
-            denoise=1.0,
-        ),
-        # the base SD 1.4 MODEL (the LoRA loader returned a patched copy; this one is unchanged, epsilon)
-        dict(model=("ckpt", 0), positive=("apply_cn", 0), negative=("apply_cn", 1), latent_image=("latent", 0)),
-    ),
-    ("decode_image", "VAEDecode", {}, dict(samples=("sample", 0), vae=("ckpt", 2))),
-    ("save", "SaveImage", dict(filename_prefix="unidense/dmp_controlnet"), dict(images=("decode_image", 0))),
-    ("preview_depth", "PreviewImage", {}, dict(images=("readout", 0))),
+    # the base SD 1.4 MODEL generates (the LoRA loader returned a patched copy; this one is unchanged, epsilon)
+    *depth_controlnet_nodes("ckpt", ("readout", 0), "unidense/dmp_controlnet"),
 ]
 NOTES.update({name: DMP_NOTE for name in SPECS if name.startswith("dmp_")})
 
