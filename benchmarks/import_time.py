@@ -32,6 +32,8 @@ import utils.install_util
 import comfy.cli_args
 comfy.cli_args.args.cpu = True
 import nodes
+import comfy_config.config_parser  # ComfyUI's pyproject parser (pydantic), paid once for all packs that ship one
+import latent_preview
 before = set(sys.modules)
 t0 = time.perf_counter()
 ok = asyncio.run(nodes.load_custom_node({root!r}, module_parent="custom_nodes"))
