@@ -74,7 +74,7 @@ def comfyui_path(unet, z_x_raw, ctx, steps, repeats):
     import comfy.model_patcher
     import comfy.supported_models
     import comfy.utils
-    from test_comfyui_dmp import comfy_sd15_from_diffusers
+    from comfy_tiny import comfy_sd15_from_diffusers
 
     import nodes
 

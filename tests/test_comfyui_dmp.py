@@ -17,42 +17,10 @@ from unidense_core.lora import apply_lora_peft, save_lora_attn_procs
 from unidense_core.tiny import random_dmp_lora, tiny_sd_unet
 
 H = W = 8  # latent side (64 px)
+from comfy_tiny import comfy_sd15_from_diffusers  # noqa: E402
+
 SD_SCALE = 0.18215  # SD 1.x latent scale (ComfyUI's process_latent_in)
 LORA_FILE = "dmp/depth-tiny/pytorch_lora_weights.safetensors"
-
-
-def comfy_sd15_from_diffusers(comfy, unet):
-    """ComfyUI's SD15 model (its own UNetModel) holding a diffusers UNet2DConditionModel's weights."""
-    cfg = unet.config
-    n = len(cfg.block_out_channels)
-    unet_config = {
-        "use_checkpoint": False,
-        "image_size": 32,
-        "in_channels": cfg.in_channels,
-        "out_channels": cfg.out_channels,
-        "model_channels": cfg.block_out_channels[0],
-        "num_res_blocks": [cfg.layers_per_block] * n,
-        "channel_mult": [c // cfg.block_out_channels[0] for c in cfg.block_out_channels],
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
-        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
-        "transformer_depth_middle": 1,
-        "use_spatial_transformer": True,
-        "legacy": False,
-        "adm_in_channels": None,
-        "use_linear_in_transformer": False,
-        "context_dim": cfg.cross_attention_dim,
-        "use_temporal_attention": False,
-        "use_temporal_resblock": False,
-    }
-    model_config = comfy.supported_models.SD15(unet_config)  # sets num_heads 8, as SD 1.x
-    model_config.set_inference_dtype(torch.float32, None)
-    model = model_config.get_model({})
-    mapping = comfy.utils.unet_to_diffusers(model_config.unet_config)
-    missing, unexpected = model.diffusion_model.load_state_dict(
-        {mapping[k]: v for k, v in unet.state_dict().items()}, strict=False
-    )
-    assert not missing and not unexpected, (missing, unexpected)
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,11 @@ import os
 
 import pytest
 import torch
+from comfy_tiny import comfy_vae
 
 from unidense_core.inpaint import channel_mask, masked_condition
 from unidense_core.rgbd_unet import load_jointnet, random_jointnet, save_jointnet
-from unidense_core.tiny import TINY_SD21_UNET, tiny_sd21_unet, tiny_vae
+from unidense_core.tiny import TINY_SD21_UNET, tiny_sd21_unet
 
 H = W = 8  # latent side
 SCALE = 0.18215
@@ -84,24 +85,6 @@ def ksampler(comfy, model, latent, positive, negative, sampler="euler", steps=3,
         disable_pbar=True,
         seed=0,
     )
-
-
-def comfy_vae(comfy):
-    import comfy.sd as comfy_sd
-
-    ddconfig = {
-        "double_z": True,
-        "z_channels": 4,
-        "resolution": 256,
-        "in_channels": 3,
-        "out_ch": 3,
-        "ch": 32,
-        "ch_mult": [1, 1, 1, 1],
-        "num_res_blocks": 1,
-        "attn_resolutions": [],
-        "dropout": 0.0,
-    }
-    return comfy_sd.VAE(sd=tiny_vae().state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -195,25 +195,10 @@ def test_load_converter_errors_name_the_file(env, tmp_path):
 
 
 def test_conditioning_node_encodes_and_checks_sizes(env):
-    import comfy.sd as comfy_sd
-
-    from unidense_core.tiny import tiny_vae
+    from comfy_tiny import comfy_vae
 
     comfy = env["comfy"]
-
-    ddconfig = {
-        "double_z": True,
-        "z_channels": 4,
-        "resolution": 256,
-        "in_channels": 3,
-        "out_ch": 3,
-        "ch": 32,
-        "ch_mult": [1, 1, 1, 1],
-        "num_res_blocks": 1,
-        "attn_resolutions": [],
-        "dropout": 0.0,
-    }
-    vae = comfy_sd.VAE(sd=tiny_vae().state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+    vae = comfy_vae(comfy)
     node = comfy.node("UniDense_MergeDepthConditioning")
     image = torch.rand(2, 64, 96, 3)
     pos, neg, latent = node.execute(cond(), vae, image, "native").args
