@@ -122,3 +122,19 @@ def check_state_dict(
     if hint:
         parts.append(hint)
     raise CheckpointError(" ".join(parts))
+
+
+def require_subfolder(root: str | os.PathLike, name: str, hint: str) -> str:
+    """``root/name`` of a local diffusers pipeline folder, or an error naming the missing part and what to put there."""
+    path = os.path.join(os.fspath(root), name)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"Missing '{path}'. {hint}")
+    return path
+
+
+def scheduler_config(root: str | os.PathLike, default: Mapping) -> dict:
+    """The folder's ``scheduler/scheduler_config.json`` (private ``_`` keys dropped), else a copy of ``default``."""
+    path = os.path.join(os.fspath(root), "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return dict(default)
+    return {k: v for k, v in load_json(path).items() if not k.startswith("_")}

@@ -11,14 +11,13 @@ Nothing is ever downloaded: every component comes from local folders.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, load_json
+from .checkpoints import require_subfolder, scheduler_config
 from .inpaint import (
     MODES,
     as_mask,
@@ -202,17 +201,11 @@ class JointNetPipeline:
         from diffusers import AutoencoderKL
 
         def sub(name: str) -> str:
-            path = os.path.join(sd21_dir, name)
-            if not os.path.isdir(path):
-                raise CheckpointError(f"Missing '{path}'. {SD21_FOLDER_HINT}")
-            return path
+            return require_subfolder(sd21_dir, name, SD21_FOLDER_HINT)
 
         model = load_jointnet(jointnet_dir, device=device, dtype=dtype)
         vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=dtype, local_files_only=True).to(device).eval()
-        sched = dict(SD21_BASE_SCHEDULER)
-        sched_file = os.path.join(sd21_dir, "scheduler", "scheduler_config.json")
-        if os.path.isfile(sched_file):
-            sched = {k: v for k, v in load_json(sched_file).items() if not k.startswith("_")}
+        sched = scheduler_config(sd21_dir, SD21_BASE_SCHEDULER)
         text_encoder = tokenizer = None
         if load_text_encoder:
             from transformers import CLIPTextModel, CLIPTokenizer

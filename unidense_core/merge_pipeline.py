@@ -8,14 +8,13 @@ Nothing is ever downloaded: every component comes from local folders.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError
+from .checkpoints import require_subfolder, scheduler_config
 from .converters import MergeConverters, load_converters
 from .merge import MergePixArtTransformer
 from .prompt_cache import load_prompt_embedding
@@ -73,21 +72,13 @@ class MergePipeline:
         from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
         def sub(name: str) -> str:
-            path = os.path.join(pixart_dir, name)
-            if not os.path.isdir(path):
-                raise CheckpointError(f"Missing '{path}'. {PIXART_FOLDER_HINT}")
-            return path
+            return require_subfolder(pixart_dir, name, PIXART_FOLDER_HINT)
 
         transformer = PixArtTransformer2DModel.from_pretrained(
             sub("transformer"), torch_dtype=dtype, local_files_only=True
         )
         vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=dtype, local_files_only=True)
-        sched_file = os.path.join(pixart_dir, "scheduler", "scheduler_config.json")
-        sched = dict(PIXART_SCHEDULER)
-        if os.path.isfile(sched_file):
-            from .checkpoints import load_json
-
-            sched = {k: v for k, v in load_json(sched_file).items() if not k.startswith("_")}
+        sched = scheduler_config(pixart_dir, PIXART_SCHEDULER)
         text_encoder = tokenizer = None
         if load_text_encoder:
             from transformers import T5EncoderModel, T5Tokenizer
