@@ -321,7 +321,9 @@ class DMPSampler(io.ComfyNode):
                     tooltip="standard: official diffusers DDIM. oracle: keeps the true image latent (paper).",
                 )
             ],
-            outputs=[io.Sampler.Output(display_name="SAMPLER")],
+            outputs=[
+                io.Sampler.Output(display_name="SAMPLER", tooltip="For SamplerCustomAdvanced (with DisableNoise).")
+            ],
         )
 
     @classmethod
@@ -340,7 +342,7 @@ class DMPSigmas(io.ComfyNode):
             description="DMP's schedule in σ-space: σ at t = 801, 601, 401, 201, 1 (5 steps) and at the final "
             "ᾱ_0 (σ = 0.0292, not 0, as the official DDIM).",
             inputs=[io.Int.Input("steps", default=DEFAULT_STEPS, min=MIN_STEPS, max=MAX_STEPS, tooltip="Official: 5.")],
-            outputs=[io.Sigmas.Output(display_name="SIGMAS")],
+            outputs=[io.Sigmas.Output(display_name="SIGMAS", tooltip="The official DDIM timesteps as sigmas.")],
         )
 
     @classmethod
@@ -478,7 +480,7 @@ class DMPImageReadout(io.ComfyNode):
                     tooltip="The original input image: resize back to its size (bicubic, official).",
                 ),
             ],
-            outputs=[io.Image.Output(display_name="IMAGE")],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded map as an image in [0, 1].")],
         )
 
     @classmethod

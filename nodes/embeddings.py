@@ -21,13 +21,15 @@ class SavePromptEmbedding(io.ComfyNode):
             description="Write a CONDITIONING's text embedding to models/unidense_embeddings, so later runs load "
             "it with 'UniDense Load Prompt Embedding' instead of the text encoder.",
             inputs=[
-                io.Conditioning.Input("conditioning"),
+                io.Conditioning.Input(
+                    "conditioning", tooltip="The encoded prompt to store (e.g. the empty prompt from CLIPTextEncode)."
+                ),
                 io.String.Input(
                     "filename", default="pixart_t5_empty", tooltip="Name of the .safetensors file (no folders)."
                 ),
                 io.String.Input("prompt", default="", tooltip="The prompt it encodes, kept as metadata."),
             ],
-            outputs=[io.Conditioning.Output(display_name="conditioning")],
+            outputs=[io.Conditioning.Output(display_name="conditioning", tooltip="The stored prompt embedding.")],
             is_output_node=True,
         )
 
@@ -53,8 +55,14 @@ class LoadPromptEmbedding(io.ComfyNode):
             display_name="UniDense Load Prompt Embedding",
             category="UniDense/conditioning",
             description="Load a saved text embedding as CONDITIONING (no text encoder needed).",
-            inputs=[io.Combo.Input("embedding_name", options=paths.files(paths.EMBEDDINGS))],
-            outputs=[io.Conditioning.Output(display_name="conditioning")],
+            inputs=[
+                io.Combo.Input(
+                    "embedding_name",
+                    options=paths.files(paths.EMBEDDINGS),
+                    tooltip="A file in models/unidense_embeddings, made by 'UniDense Save Prompt Embedding'.",
+                )
+            ],
+            outputs=[io.Conditioning.Output(display_name="conditioning", tooltip="The stored prompt embedding.")],
         )
 
     @classmethod

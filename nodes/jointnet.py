@@ -9,7 +9,7 @@ import os
 import folder_paths
 import node_helpers
 import torch
-from comfy_api.latest import io
+from comfy_api.latest import io, ui
 
 from ..unidense_core.inpaint import (
     MODES,
@@ -179,8 +179,8 @@ class ChannelInpaintRGBD(io.ComfyNode):
             ],
             outputs=[
                 io.Model.Output(display_name="MODEL", tooltip="The JointNet model with the channel mask."),
-                io.Conditioning.Output(display_name="positive"),
-                io.Conditioning.Output(display_name="negative"),
+                io.Conditioning.Output(display_name="positive", tooltip="With the masked-latent input attached."),
+                io.Conditioning.Output(display_name="negative", tooltip="With the masked-latent input attached."),
                 io.Latent.Output(
                     display_name="latent", tooltip="The 8-channel RGB-D latent to sample (with an all-ones noise mask)."
                 ),
@@ -323,7 +323,7 @@ class JoinRGBDLatent(io.ComfyNode):
                 io.Latent.Input("rgb_latent", tooltip="VAEEncode of the image."),
                 io.Latent.Input("depth_latent", tooltip="VAEEncode of the depth image (near = white)."),
             ],
-            outputs=[io.Latent.Output(display_name="rgbd_latent")],
+            outputs=[io.Latent.Output(display_name="rgbd_latent", tooltip="8 channels: RGB 0-3, depth 4-7.")],
         )
 
     @classmethod
@@ -411,12 +411,13 @@ class SaveDepth16(io.ComfyNode):
         full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, out_dir, d.shape[-1], d.shape[-2]
         )
-        files = []
+        files, saved = [], []
         for i in range(d.shape[0]):
             filename = f"{name}_{counter + i:05}_.png"
             save_depth_png16(d[i], os.path.join(full_dir, filename))
             files.append(f"{subfolder}/{filename}" if subfolder else filename)
-        return io.NodeOutput(files[0])
+            saved.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
+        return io.NodeOutput(files[0], ui=ui.SavedImages(saved))
 
 
 NODES: list[type[io.ComfyNode]] = [

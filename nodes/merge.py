@@ -101,7 +101,11 @@ class ModeSwitch(io.ComfyNode):
                     "the model's own (generate mode then returns the input model exactly).",
                 ),
             ],
-            outputs=[io.Model.Output(display_name="MODEL")],
+            outputs=[
+                io.Model.Output(
+                    display_name="MODEL", tooltip="A patched copy of the model; the input MODEL is unchanged."
+                )
+            ],
         )
 
     @classmethod
@@ -147,7 +151,7 @@ class MergeDepthConditioning(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Conditioning.Output(display_name="positive"),
+                io.Conditioning.Output(display_name="positive", tooltip="The prompt with the image latent attached."),
                 io.Conditioning.Output(display_name="negative", tooltip="Same as positive; MERGE uses no CFG."),
                 io.Latent.Output(display_name="latent", tooltip="Empty depth latent of the right size and batch."),
             ],

@@ -195,7 +195,7 @@ class CircularVAEDecode(io.ComfyNode):
                     "channels): 0 = the image, 4 = the depth.",
                 ),
             ],
-            outputs=[io.Image.Output(display_name="IMAGE")],
+            outputs=[io.Image.Output(display_name="IMAGE", tooltip="The decoded image, seamless across the wrap.")],
         )
 
     @classmethod
@@ -238,7 +238,7 @@ class CircularVAEEncode(io.ComfyNode):
                     tooltip="Latent px (× the VAE factor in image px) wrapped onto each side before encoding.",
                 ),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The encoded latent, seamless across the wrap.")],
         )
 
     @classmethod

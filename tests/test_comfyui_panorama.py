@@ -248,11 +248,9 @@ def test_pixart_tiles(comfy):
 @pytest.fixture(scope="module")
 def jointnet(comfy, tmp_path_factory):
     """The real JointNet RGB-D MODEL ('UniDense Load JointNet' on a tiny official-format folder)."""
-    try:
-        from unidense_core.rgbd_unet import random_jointnet, save_jointnet
-        from unidense_core.tiny import TINY_SD21_UNET
-    except ImportError as exc:
-        pytest.skip(f"JointNet is not in this tree ({exc})")
+    from unidense_core.rgbd_unet import random_jointnet, save_jointnet
+    from unidense_core.tiny import TINY_SD21_UNET
+
     root = tmp_path_factory.mktemp("jointnet_pano")
     comfy.folder_paths.add_model_folder_path("jointnet", str(root), is_default=True)
     save_jointnet(random_jointnet(TINY_SD21_UNET, False, seed=3), root / "rgbd_pano_tiny")

@@ -1,13 +1,12 @@
 """Build the example workflows (UI format, drag-and-drop) from compact specs, and lint workflow files.
 
-Both need a real ComfyUI for the node schemas:
-    COMFYUI_PATH=/path/to/ComfyUI python tools/workflows.py build   # rewrite workflows/*.json
-    COMFYUI_PATH=/path/to/ComfyUI python tools/workflows.py lint    # check them (also done by the tests)
+Both need a real ComfyUI for the node schemas (found as the tests find it, see tests/comfyui_env.py):
+    .venv/bin/python tools/workflows.py build   # rewrite workflows/*.json
+    .venv/bin/python tools/workflows.py lint    # check them (the tests check them against a live server)
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
@@ -19,27 +18,12 @@ VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}  # frontend-only 
 FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".png", ".jpg", ".jpeg", ".webp", "_sd21b")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from comfyui_env import find_comfyui, load_comfyui  # noqa: E402
 from workflow_specs import FILES_NOTE, NOTES, SPECS  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
 # Node schemas (as /object_info serves them)
-
-
-def load_comfy(comfyui_path: str):
-    """Import ComfyUI on the CPU, load its built-in nodes and this pack; return the ``nodes`` module."""
-    if comfyui_path not in sys.path:
-        sys.path.insert(0, comfyui_path)
-    import comfy.cli_args
-    import utils.install_util  # noqa: F401  ComfyUI's utils package, before `nodes` puts comfy/ on sys.path
-
-    comfy.cli_args.args.cpu = True
-    import nodes
-
-    if not getattr(nodes, "_unidense_loaded", False):
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        assert asyncio.run(nodes.load_custom_node(ROOT, module_parent="custom_nodes"))
-        nodes._unidense_loaded = True
-    return nodes
 
 
 def node_info(nodes, node_type: str) -> dict:
@@ -56,6 +40,11 @@ def node_info(nodes, node_type: str) -> dict:
         "output": list(cls.RETURN_TYPES),
         "output_name": list(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)),
     }
+
+
+def schemas_of(nodes) -> dict[str, dict]:
+    """Every registered node's /object_info entry, computed in-process (what a server would serve)."""
+    return {name: node_info(nodes, name) for name in nodes.NODE_CLASS_MAPPINGS}
 
 
 def inputs_of(info: dict) -> list[tuple[str, object, dict]]:
@@ -179,18 +168,18 @@ def build(nodes, spec: list, note: str = FILES_NOTE) -> dict:
 # Lint
 
 
-def lint(nodes, workflow: dict) -> list[str]:
-    """Problems of a UI-format workflow against the live node schemas (empty list = fine)."""
+def lint(schemas: dict[str, dict], workflow: dict) -> list[str]:
+    """Problems of a UI-format workflow against node schemas in /object_info form (empty list = fine)."""
     errors = []
     by_id = {n["id"]: n for n in workflow["nodes"]}
     for n in workflow["nodes"]:
         where = f"node {n['id']} ({n['type']})"
         if n["type"] in VIRTUAL:
             continue
-        if n["type"] not in nodes.NODE_CLASS_MAPPINGS:
+        if n["type"] not in schemas:
             errors.append(f"{where}: unknown node type")
             continue
-        info = node_info(nodes, n["type"])
+        info = schemas[n["type"]]
         declared = {name: (t, opts) for name, t, opts in inputs_of(info)}
         linked = {i["name"] for i in n["inputs"] if i.get("link") is not None}
         for i in n["inputs"]:
@@ -213,7 +202,7 @@ def lint(nodes, workflow: dict) -> list[str]:
         if src not in by_id or dst not in by_id:
             errors.append(f"link {link_id}: dangling")
             continue
-        src_info = node_info(nodes, by_id[src]["type"])
+        src_info = schemas[by_id[src]["type"]]
         if src_info["output"][slot] != typ:
             errors.append(
                 f"link {link_id}: type {typ} but {by_id[src]['type']} output {slot} is {src_info['output'][slot]}"
@@ -221,7 +210,7 @@ def lint(nodes, workflow: dict) -> list[str]:
         target_input = by_id[dst]["inputs"][dslot]
         if target_input.get("link") != link_id:
             errors.append(f"link {link_id}: target slot {dslot} of node {dst} does not point back to it")
-        declared = {name: t for name, t, _ in inputs_of(node_info(nodes, by_id[dst]["type"]))}
+        declared = {name: t for name, t, _ in inputs_of(schemas[by_id[dst]["type"]])}
         want = declared.get(target_input["name"])
         if (
             want is not None
@@ -258,10 +247,11 @@ def check_value(name, t, opts, v) -> list[str]:
 
 
 def main() -> None:
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        sys.exit("Set COMFYUI_PATH to a ComfyUI checkout.")
-    nodes = load_comfy(path)
+    path, how = find_comfyui()
+    if path is None:
+        sys.exit(how)
+    nodes = load_comfyui(path)
+    schemas = schemas_of(nodes)
     folder = os.path.join(ROOT, "workflows")
     if sys.argv[1:] == ["build"]:
         for name, spec in SPECS.items():
@@ -272,7 +262,7 @@ def main() -> None:
     for fn in sorted(os.listdir(folder)):
         if fn.endswith(".json"):
             with open(os.path.join(folder, fn), encoding="utf-8") as f:
-                errs = lint(nodes, json.load(f))
+                errs = lint(schemas, json.load(f))
             bad += len(errs)
             print(fn, "OK" if not errs else "\n  " + "\n  ".join(errs))
     sys.exit(1 if bad else 0)
