@@ -21,7 +21,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from unidense_core import dmp  # noqa: E402
+from unidense_core.dmp import sampler as dmp  # noqa: E402
 from unidense_core.tiny import SD14_UNET  # noqa: E402
 
 

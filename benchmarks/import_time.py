@@ -19,8 +19,8 @@ import sys, time, json
 sys.path.insert(0, {ROOT!r})
 import torch
 t0 = time.perf_counter()
-import unidense_core.converters, unidense_core.merge, unidense_core.readout, unidense_core.resolution
-import unidense_core.prompt_cache, unidense_core.checkpoints
+import unidense_core.merge.converters, unidense_core.merge.forward, unidense_core.dense.readout
+import unidense_core.io.resolution, unidense_core.io.prompt_embeddings, unidense_core.io.checkpoints
 dt = time.perf_counter() - t0
 print(json.dumps({{"seconds": dt, "heavy": [m for m in ("diffusers", "peft", "transformers") if m in sys.modules]}}))
 """

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from unidense_core.rgbd_unet import SD21_BASE_UNET, ExchangeConfig, JointNetRGBD, build_branch  # noqa: E402
+from unidense_core.jointnet.model import SD21_BASE_UNET, ExchangeConfig, JointNetRGBD, build_branch  # noqa: E402
 
 
 def main() -> None:

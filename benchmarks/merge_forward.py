@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from unidense_core.converters import ConverterConfig, MergeConverters  # noqa: E402
-from unidense_core.merge import MergePixArtTransformer  # noqa: E402
+from unidense_core.merge.converters import ConverterConfig, MergeConverters  # noqa: E402
+from unidense_core.merge.forward import MergePixArtTransformer  # noqa: E402
 from unidense_core.tiny import PIXART_XL_512  # noqa: E402
 
 

@@ -36,7 +36,7 @@ def main() -> None:
     import comfy.supported_models
 
     import nodes
-    from unidense_core.converters import ConverterConfig, MergeConverters
+    from unidense_core.merge.converters import ConverterConfig, MergeConverters
 
     assert asyncio.run(nodes.load_custom_node(ROOT, module_parent="custom_nodes"))
     mode_switch = nodes.NODE_CLASS_MAPPINGS["UniDense_ModeSwitch"]

@@ -96,7 +96,7 @@ def main() -> None:
     import comfy.supported_models
 
     import nodes
-    from unidense_core.panorama import PRESETS, include_full_canvas, plan_views
+    from unidense_core.tiling.panorama import PRESETS, include_full_canvas, plan_views
 
     assert asyncio.run(nodes.load_custom_node(ROOT, module_parent="custom_nodes"))
     tiled = nodes.NODE_CLASS_MAPPINGS["UniDense_TiledPanorama"]

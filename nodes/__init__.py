@@ -5,13 +5,13 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import paths
+from .dense import SaveRGBD3D
 from .depth import DepthReadout
 from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
-from .export3d import SaveRGBD3D
 from .jointnet import NODES as JOINTNET_NODES
 from .merge import LoadConverter, MergeDepthConditioning, ModeSwitch
-from .panorama import CircularVAEDecode, CircularVAEEncode, TiledPanorama
+from .tiling import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
 paths.register()
 

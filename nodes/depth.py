@@ -5,7 +5,13 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..unidense_core.readout import NORMALIZE, depth_to_display, merge_depth_from_unit, normalize_depth, resize_depth
+from ..unidense_core.dense.readout import (
+    NORMALIZE,
+    depth_to_display,
+    merge_depth_from_unit,
+    normalize_depth,
+    resize_depth,
+)
 
 
 class DepthReadout(io.ComfyNode):

@@ -16,7 +16,9 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..unidense_core.dmp import (
+from ..unidense_core.dense.readout import NORMALIZE, depth_to_display, normalize_depth
+from ..unidense_core.dmp.lora import LoraWeights, check_lora_fits, load_lora
+from ..unidense_core.dmp.sampler import (
     DEFAULT_STEPS,
     MAX_STEPS,
     MIN_STEPS,
@@ -30,9 +32,7 @@ from ..unidense_core.dmp import (
     normals_to_image,
     sample_interp,
 )
-from ..unidense_core.lora import LoraWeights, check_lora_fits, load_lora
-from ..unidense_core.readout import NORMALIZE, depth_to_display, normalize_depth
-from ..unidense_core.resolution import RESIZE_SIDES, resize_for_processing, resize_image
+from ..unidense_core.io.resolution import RESIZE_SIDES, resize_for_processing, resize_image
 
 logger = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..unidense_core.prompt_cache import drop_padding, load_prompt_embedding, save_prompt_embedding
+from ..unidense_core.io.prompt_embeddings import drop_padding, load_prompt_embedding, save_prompt_embedding
 from . import paths
 
 

@@ -11,7 +11,15 @@ import node_helpers
 import torch
 from comfy_api.latest import io, ui
 
-from ..unidense_core.inpaint import (
+from ..unidense_core.dense.readout import (
+    NORMALIZE,
+    depth_to_display,
+    jointnet_depth_from_unit,
+    normalize_depth,
+    save_depth_png16,
+)
+from ..unidense_core.dense.readout import quantile_normalize as quantile_norm
+from ..unidense_core.jointnet.inpaint import (
     MODES,
     PRESETS,
     as_mask,
@@ -22,17 +30,9 @@ from ..unidense_core.inpaint import (
     preset_masks,
     split_rgbd,
 )
-from ..unidense_core.readout import (
-    NORMALIZE,
-    depth_to_display,
-    jointnet_depth_from_unit,
-    normalize_depth,
-    save_depth_png16,
-)
-from ..unidense_core.readout import quantile_normalize as quantile_norm
-from ..unidense_core.rgbd_unet import BRANCHES, read_jointnet_folder
+from ..unidense_core.jointnet.model import BRANCHES, read_jointnet_folder
 from . import paths
-from .jointnet_host import build_joint_model, channel_inpaint_clone, get_info
+from .hosts.jointnet import build_joint_model, channel_inpaint_clone, get_info
 
 logger = logging.getLogger(__name__)
 

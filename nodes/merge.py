@@ -12,10 +12,10 @@ import node_helpers
 import torch
 from comfy_api.latest import io
 
-from ..unidense_core.converters import ConverterConfig, load_converters
-from ..unidense_core.resolution import check_multiple, classify_bin
+from ..unidense_core.io.resolution import check_multiple, classify_bin
+from ..unidense_core.merge.converters import ConverterConfig, load_converters
 from . import paths
-from .pixart_host import check_pixart_alpha_512, depth_mode_clone
+from .hosts.pixart import check_pixart_alpha_512, depth_mode_clone
 
 MERGE_LATENT_SCALE = 0.18215  # MERGE-B encodes images with PixArt-α's SD VAE (sd-vae-ft-ema) at this scale
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from unidense_core import dmp
-from unidense_core.lora import apply_lora_peft, save_lora_attn_procs
+from unidense_core.dmp import sampler as dmp
+from unidense_core.dmp.lora import apply_lora_peft, save_lora_attn_procs
 from unidense_core.tiny import random_dmp_lora, tiny_sd_unet
 
 H = W = 8  # latent side (64 px)

@@ -10,8 +10,8 @@ import pytest
 import torch
 from comfy_tiny import comfy_vae
 
-from unidense_core.inpaint import channel_mask, masked_condition
-from unidense_core.rgbd_unet import load_jointnet, random_jointnet, save_jointnet
+from unidense_core.jointnet.inpaint import channel_mask, masked_condition
+from unidense_core.jointnet.model import load_jointnet, random_jointnet, save_jointnet
 from unidense_core.tiny import TINY_SD21_UNET, tiny_sd21_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~20x faster than 2 contended threads
@@ -223,7 +223,7 @@ def test_kept_channels_are_bit_identical_through_stock_sampler(env, model_key, p
 
 
 def _masks(preset, kw):
-    from unidense_core.inpaint import latent_mask, preset_masks
+    from unidense_core.jointnet.inpaint import latent_mask, preset_masks
 
     if preset != "custom":
         return preset_masks(preset, 1, (H, W))

@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from unidense_core.converters import save_converters
-from unidense_core.merge import MergePixArtTransformer
-from unidense_core.readout import merge_depth_from_unit
+from unidense_core.dense.readout import merge_depth_from_unit
+from unidense_core.merge.converters import save_converters
+from unidense_core.merge.forward import MergePixArtTransformer
 from unidense_core.tiny import randomize_, tiny_converters, tiny_pixart
 
 H = W = 34  # latent side: ComfyUI's PixArt needs (H+W)/2 >= 33 to generate
@@ -237,7 +237,7 @@ def test_stock_ksampler_reproduces_the_official_loop(env):
     """KSampler(dpmpp_2m, sgm_uniform, 20 steps, cfg 1) in ComfyUI ≈ the official DPM-Solver++ loop in diffusers."""
     from diffusers import DPMSolverMultistepScheduler
 
-    from unidense_core.merge_pipeline import PIXART_SCHEDULER
+    from unidense_core.merge.pipeline import PIXART_SCHEDULER
 
     comfy = env["comfy"]
     g = torch.Generator().manual_seed(11)
@@ -263,7 +263,7 @@ def test_stock_ksampler_reproduces_the_official_loop(env):
 
 
 def test_prompt_embedding_nodes_roundtrip(env, tmp_path):
-    from unidense_core.prompt_cache import save_prompt_embedding
+    from unidense_core.io.prompt_embeddings import save_prompt_embedding
 
     comfy = env["comfy"]
     comfy.folder_paths.add_model_folder_path("unidense_embeddings", str(tmp_path), is_default=True)

@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from unidense_core.panorama import PanoramaConfig, draw_offsets, gather, tiled_denoise
+from unidense_core.tiling.panorama import PanoramaConfig, draw_offsets, gather, tiled_denoise
 from unidense_core.tiny import randomize_
 
 CPU = torch.device("cpu")
@@ -248,7 +248,7 @@ def test_pixart_tiles(comfy):
 @pytest.fixture(scope="module")
 def jointnet(comfy, tmp_path_factory):
     """The real JointNet RGB-D MODEL ('UniDense Load JointNet' on a tiny official-format folder)."""
-    from unidense_core.rgbd_unet import random_jointnet, save_jointnet
+    from unidense_core.jointnet.model import random_jointnet, save_jointnet
     from unidense_core.tiny import TINY_SD21_UNET
 
     root = tmp_path_factory.mktemp("jointnet_pano")
@@ -312,7 +312,7 @@ def test_controlnet_hint_is_cut_per_tile(comfy, monkeypatch):
     full_hint = hint.movedim(-1, 1)  # [1,3,64,256], the canvas' pixel size already
     tiler_cfg = node_config()
     offsets = draw_offsets(steps, tiler_cfg.stride, torch.Generator().manual_seed(NODE_ARGS["seed"]))
-    from unidense_core.panorama import include_full_canvas, plan_views
+    from unidense_core.tiling.panorama import include_full_canvas, plan_views
 
     for step in range(steps):
         views = plan_views(height, width, tiler_cfg, offsets[step], include_full_canvas(step, steps, 0.4))

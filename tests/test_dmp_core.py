@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from unidense_core import dmp
-from unidense_core.lora import apply_lora_peft
-from unidense_core.resolution import processing_size, resize_for_processing, resize_image
+from unidense_core.dmp import sampler as dmp
+from unidense_core.dmp.lora import apply_lora_peft
+from unidense_core.io.resolution import processing_size, resize_for_processing, resize_image
 from unidense_core.tiny import random_dmp_lora, tiny_sd_unet
 
 # CompVis/stable-diffusion-v1-4 scheduler/scheduler_config.json, with DMP's v-prediction.

@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from unidense_core.checkpoints import CheckpointError
-from unidense_core.lora import (
+from unidense_core.dmp.lora import (
     LoraModule,
     LoraWeights,
     apply_lora_peft,
@@ -20,6 +19,7 @@ from unidense_core.lora import (
     parse_lora_state_dict,
     save_lora_attn_procs,
 )
+from unidense_core.io.checkpoints import CheckpointError
 from unidense_core.tiny import SD14_UNET, random_dmp_lora, tiny_sd_unet
 
 # Real configs of the bases a wrong LoRA may come from (diffusers UNet2DConditionModel kwargs; built on "meta").

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from unidense_core.geometry3d import (
+from unidense_core.dense.geometry3d import (
     FORMATS,
     check_projection,
     depth_from_map,

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 
-from unidense_core.checkpoints import CheckpointError, load_state_dict
-from unidense_core.rgbd_unet import (
+from unidense_core.io.checkpoints import CheckpointError, load_state_dict
+from unidense_core.jointnet.model import (
     SD21_BASE_UNET,
     ExchangeConfig,
     JointNetRGBD,

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler
 
-from unidense_core.inpaint import (
+from unidense_core.dense.readout import depth_to_uint16, quantile_normalize, save_depth_png16
+from unidense_core.jointnet.inpaint import (
     as_mask,
     channel_mask,
     join_rgbd,
@@ -17,14 +18,13 @@ from unidense_core.inpaint import (
     preset_masks,
     split_rgbd,
 )
-from unidense_core.jointnet_pipeline import (
+from unidense_core.jointnet.model import random_jointnet
+from unidense_core.jointnet.pipeline import (
     SD21_BASE_SCHEDULER,
     JointNetPipeline,
     ddim_inpaint,
     guided_eps,
 )
-from unidense_core.readout import depth_to_uint16, quantile_normalize, save_depth_png16
-from unidense_core.rgbd_unet import random_jointnet
 from unidense_core.tiny import TINY_SD21_UNET, tiny_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~20x faster than 2 contended threads

@@ -5,10 +5,10 @@ import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.embeddings import PatchEmbed
 
-from unidense_core.checkpoints import CheckpointError
-from unidense_core.converters import ConverterConfig, load_converters, save_converters
-from unidense_core.embeddings import sincos_2d
-from unidense_core.merge import GroupReusePlan, MergePixArtTransformer
+from unidense_core.io.checkpoints import CheckpointError
+from unidense_core.merge.converters import ConverterConfig, load_converters, save_converters
+from unidense_core.merge.forward import GroupReusePlan, MergePixArtTransformer
+from unidense_core.merge.pos_embed import sincos_2d
 from unidense_core.tiny import TINY_CONVERTER, randomize_, tiny_converters, tiny_pixart
 
 

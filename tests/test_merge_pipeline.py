@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from unidense_core.converters import save_converters
-from unidense_core.merge_pipeline import MergePipeline
-from unidense_core.prompt_cache import load_prompt_embedding, save_prompt_embedding
+from unidense_core.io.prompt_embeddings import load_prompt_embedding, save_prompt_embedding
+from unidense_core.merge.converters import save_converters
+from unidense_core.merge.pipeline import MergePipeline
 from unidense_core.tiny import tiny_converters, tiny_pixart, tiny_vae
 
 
@@ -100,7 +100,7 @@ def test_prompt_embedding_roundtrip(tmp_path):
 
 
 def test_from_folders_reports_missing_parts(tmp_path):
-    from unidense_core.checkpoints import CheckpointError
+    from unidense_core.io.checkpoints import CheckpointError
 
     save_converters(tiny_converters(), tmp_path / "conv")
     with pytest.raises(CheckpointError, match="transformer"):

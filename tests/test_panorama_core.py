@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from unidense_core.panorama import (
+from unidense_core.tiling.panorama import (
     PRESETS,
     PanoramaConfig,
     View,

@@ -1,6 +1,6 @@
 """The README's main command: the self-check passes and reports every capability."""
 
-from unidense_core.__main__ import main
+from unidense_core.cli import main
 
 
 def test_selfcheck_passes(capsys):

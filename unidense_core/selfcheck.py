@@ -17,9 +17,9 @@ Check = Callable[[str], list[str]]
 
 def check_merge(workdir: str) -> list[str]:
     """MERGE-B: converters load from the official folder; depth and generation from one PixArt."""
-    from .converters import load_converters, save_converters
-    from .merge_pipeline import MergePipeline
-    from .prompt_cache import load_prompt_embedding, save_prompt_embedding
+    from .io.prompt_embeddings import load_prompt_embedding, save_prompt_embedding
+    from .merge.converters import load_converters, save_converters
+    from .merge.pipeline import MergePipeline
     from .tiny import tiny_converters, tiny_pixart, tiny_vae
 
     done = []
@@ -65,8 +65,8 @@ def check_merge(workdir: str) -> list[str]:
 
 def check_dmp(workdir: str) -> list[str]:
     """DMP: an official-layout LoRA folder loads onto an SD 1.x UNet; the 5-step deterministic sampler."""
-    from .dmp import dmp_depth, dmp_schedule, sample_dmp, unet_velocity_fn
-    from .lora import apply_lora_peft, load_lora, save_lora_attn_procs
+    from .dmp.lora import apply_lora_peft, load_lora, save_lora_attn_procs
+    from .dmp.sampler import dmp_depth, dmp_schedule, sample_dmp, unet_velocity_fn
     from .tiny import random_dmp_lora, tiny_sd_unet, tiny_vae
 
     unet = tiny_sd_unet()
@@ -94,8 +94,8 @@ def check_dmp(workdir: str) -> list[str]:
 
 def check_jointnet(workdir: str) -> list[str]:
     """JointNet: official unet/ + jointnet/ folders load; joint RGB-D generation; image -> depth keeps the image."""
-    from .jointnet_pipeline import JointNetPipeline
-    from .rgbd_unet import load_jointnet, random_jointnet, save_jointnet
+    from .jointnet.model import load_jointnet, random_jointnet, save_jointnet
+    from .jointnet.pipeline import JointNetPipeline
     from .tiny import TINY_SD21_UNET, tiny_vae
 
     folder = f"{workdir}/jointnet/rgbd_inpaint_sd21b"
@@ -131,7 +131,7 @@ def check_jointnet(workdir: str) -> list[str]:
 
 def check_panorama(workdir: str) -> list[str]:
     """Tiled panorama: official tile layout and weights; one whole-canvas tile equals the untiled model; 3D export."""
-    from .panorama import PanoramaConfig, check_canvas, plan_views, preset, tiled_denoise, weight_sum
+    from .tiling.panorama import PanoramaConfig, check_canvas, plan_views, preset, tiled_denoise, weight_sum
 
     cfg = preset("jointnet_pano")
     views = plan_views(64, 256, cfg, offset=5, include_full=True)
@@ -160,7 +160,7 @@ def check_panorama(workdir: str) -> list[str]:
     assert out.shape == wide.shape
     done.append("one whole-canvas tile equals the untiled UNet exactly; a wrapped 16x64 latent canvas denoises")
     try:
-        from .geometry3d import rgbd_to_geometry, save_geometry
+        from .dense.geometry3d import rgbd_to_geometry, save_geometry
 
         v, c, f = rgbd_to_geometry(torch.rand(32, 64, 3), torch.rand(32, 64) + 0.5, projection="equirectangular")
         path = save_geometry(f"{workdir}/pano.glb", v, c, f, "glb_mesh")

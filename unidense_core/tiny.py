@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .converters import ConverterConfig, MergeConverters
-from .lora import LoraModule, LoraWeights, module_weight_shapes
+from .dmp.lora import LoraModule, LoraWeights, module_weight_shapes
+from .merge.converters import ConverterConfig, MergeConverters
 
 # diffusers PixArtTransformer2DModel kwargs: PixArt-α 512 layout at toy width (4 blocks, 2 heads × 32).
 TINY_PIXART = dict(

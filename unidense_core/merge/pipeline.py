@@ -14,12 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import require_subfolder, scheduler_config
+from ..dense.readout import decoded_to_unit, merge_depth_from_unit
+from ..io.checkpoints import require_subfolder, scheduler_config
+from ..io.prompt_embeddings import load_prompt_embedding
+from ..io.resolution import classify_bin
 from .converters import MergeConverters, load_converters
-from .merge import MergePixArtTransformer
-from .prompt_cache import load_prompt_embedding
-from .readout import decoded_to_unit, merge_depth_from_unit
-from .resolution import classify_bin
+from .forward import MergePixArtTransformer
 
 # PixArt-XL-2-512x512 scheduler/scheduler_config.json (used when a folder has none).
 PIXART_SCHEDULER = dict(

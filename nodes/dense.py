@@ -8,7 +8,7 @@ import folder_paths
 import torch
 from comfy_api.latest import io, ui
 
-from ..unidense_core.geometry3d import (
+from ..unidense_core.dense.geometry3d import (
     DEPTH_KINDS,
     FORMATS,
     depth_from_map,
@@ -16,7 +16,7 @@ from ..unidense_core.geometry3d import (
     rgbd_to_geometry,
     save_geometry,
 )
-from ..unidense_core.readout import resize_depth
+from ..unidense_core.dense.readout import resize_depth
 
 PROJECTIONS = {  # node choice -> (projection, span)
     "perspective": ("perspective", 360.0),

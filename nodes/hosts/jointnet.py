@@ -28,8 +28,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, forward_ti
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from torch import nn
 
-from ..unidense_core.checkpoints import CheckpointError
-from ..unidense_core.rgbd_unet import (
+from ...unidense_core.io.checkpoints import CheckpointError
+from ...unidense_core.jointnet.model import (
     JOINTNET_SOURCE_HINT,
     BranchFiles,
     ExchangeLayers,
@@ -205,7 +205,7 @@ class _ComfyState:
 
 
 class ComfyUNetHost:
-    """:class:`unidense_core.rgbd_unet.UNetHost` over ComfyUI's ``UNetModel`` (its ``_forward``, split in three;
+    """:class:`unidense_core.jointnet.model.UNetHost` over ComfyUI's ``UNetModel`` (its ``_forward``, split in three;
     attention patches/replaces apply, input/output-block patches do not)."""
 
     def __init__(self, unet: UNetModel, transformer_options: dict, kwargs: dict):

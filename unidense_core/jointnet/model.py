@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
+from ..io.checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -574,7 +574,7 @@ def random_jointnet(
     unet_config: Mapping[str, Any], has_masked_latent_input: bool = False, seed: int = 0, scale: float = 0.2
 ) -> JointNetRGBD:
     """A JointNet with random non-zero weights everywhere (exchange convs included), for tests and benchmarks."""
-    from .tiny import randomize_
+    from ..tiny import randomize_
 
     ex = ExchangeConfig.from_unet_config({**unet_config, "has_masked_latent_input": has_masked_latent_input})
     rgb = randomize_(build_branch(unet_config, ex), seed, scale)

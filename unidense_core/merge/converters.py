@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
-from .embeddings import sincos_2d
+from ..io.checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
+from .pos_embed import sincos_2d
 
 logger = logging.getLogger(__name__)
 

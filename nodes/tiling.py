@@ -8,8 +8,8 @@ import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
-from ..unidense_core.panorama import PRESETS, RAMP_AXES, PanoramaConfig, check_config, circular_pad, crop_pad
-from .panorama_guidance import WRAPPER_KEY, PanoramaTiler
+from ..unidense_core.tiling.panorama import PRESETS, RAMP_AXES, PanoramaConfig, check_config, circular_pad, crop_pad
+from .hosts.tiling import WRAPPER_KEY, PanoramaTiler
 
 CUSTOM = "custom"
 OFFICIAL = PRESETS["jointnet_pano"]

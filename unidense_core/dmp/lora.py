@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, _fmt, load_json, load_state_dict
+from ..io.checkpoints import CheckpointError, _fmt, load_json, load_state_dict
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ import comfy.conds
 import comfy.utils
 import torch
 
-from ..unidense_core.panorama import (
+from ...unidense_core.tiling.panorama import (
     PanoramaConfig,
     View,
     area_runs,

@@ -7,8 +7,8 @@ conditioning), which ComfyUI appends after the noisy latent: x = [z_t (4), z_img
 
 from __future__ import annotations
 
-from ..unidense_core.converters import MergeConverters
-from ..unidense_core.merge import GroupReusePlan, check_compatible, merge_depth_forward
+from ...unidense_core.merge.converters import MergeConverters
+from ...unidense_core.merge.forward import GroupReusePlan, check_compatible, merge_depth_forward
 
 
 def is_pixart(diffusion_model) -> bool:
@@ -16,7 +16,7 @@ def is_pixart(diffusion_model) -> bool:
 
 
 class ComfyPixArtHost:
-    """:class:`unidense_core.merge.PixArtHost` over ComfyUI's PixArtMS (original PixArt key names)."""
+    """:class:`unidense_core.merge.forward.PixArtHost` over ComfyUI's PixArtMS (original PixArt key names)."""
 
     def __init__(self, dm):
         self.dm = dm

@@ -51,7 +51,7 @@ def load_prompt_embedding(path: str | os.PathLike) -> tuple[torch.Tensor, torch.
     if "context" not in sd:
         raise CheckpointError(
             f"'{path}' is not a saved prompt embedding (no 'context' tensor); save one with the "
-            "'UniDense Save Prompt Embedding' node or `unidense_core.prompt_cache.save_prompt_embedding`."
+            "'UniDense Save Prompt Embedding' node or `unidense_core.io.prompt_embeddings.save_prompt_embedding`."
         )
     return sd["context"], sd.get("mask"), meta
 

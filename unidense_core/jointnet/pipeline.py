@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .checkpoints import require_subfolder, scheduler_config
+from ..dense.readout import decoded_to_unit, jointnet_depth_from_unit
+from ..io.checkpoints import require_subfolder, scheduler_config
 from .inpaint import (
     MODES,
     as_mask,
@@ -30,8 +31,7 @@ from .inpaint import (
     preset_masks,
     repaint_blend,
 )
-from .readout import decoded_to_unit, jointnet_depth_from_unit
-from .rgbd_unet import JointNetRGBD, check_joint_latent, load_jointnet
+from .model import JointNetRGBD, check_joint_latent, load_jointnet
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Tiled denoising over any denoiser callable: JointNet panoramas, MultiDiffusion, depth refinement."""
