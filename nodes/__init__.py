@@ -5,12 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from . import paths
-from .dense import SaveRGBD3D
-from .depth import DepthReadout
+from .dense import SaveDepth16, SaveRGBD3D
 from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
 from .jointnet import NODES as JOINTNET_NODES
-from .merge import LoadConverter, MergeDepthConditioning, ModeSwitch
+from .merge import DepthReadout, LoadConverter, MergeDepthConditioning, ModeSwitch
 from .tiling import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
 paths.register()
@@ -32,4 +31,5 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     CircularVAEDecode,
     CircularVAEEncode,
     SaveRGBD3D,
+    SaveDepth16,
 ]

@@ -1,4 +1,5 @@
-"""3D export: RGB-D images and panoramas -> PLY point clouds / GLB meshes that ComfyUI's Preview3D opens."""
+"""Dense outputs to files: 16-bit depth PNGs, and RGB-D images and panoramas -> PLY point clouds / GLB meshes that
+ComfyUI's Preview3D opens."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from ..unidense_core.dense.geometry3d import (
     rgbd_to_geometry,
     save_geometry,
 )
-from ..unidense_core.dense.readout import resize_depth
+from ..unidense_core.dense.readout import resize_depth, save_depth_png16
+from ..unidense_core.jointnet.inpaint import as_mask
 
 PROJECTIONS = {  # node choice -> (projection, span)
     "perspective": ("perspective", 360.0),
@@ -148,3 +150,45 @@ class SaveRGBD3D(io.ComfyNode):
             files.append(f"{subfolder}/{filename}" if subfolder else filename)
             counter += 1
         return io.NodeOutput(files[0], ui={"result": [files[0], None], "3d": results})
+
+
+class SaveDepth16(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="UniDense_SaveDepth16",
+            display_name="UniDense Save Depth (16-bit PNG)",
+            category="UniDense/Depth",
+            description="Save depth maps in [0, 1] as 16-bit greyscale PNGs (round(d·65535)), the official JointNet "
+            "export, into the output folder.",
+            inputs=[
+                io.Mask.Input("depth", tooltip="Depth [B,H,W] in [0, 1], e.g. depth_raw of the depth decode."),
+                io.String.Input("filename_prefix", default="unidense/jointnet_depth", tooltip="Subfolder/name prefix."),
+                io.Boolean.Input(
+                    "quantile_normalize",
+                    default=False,
+                    tooltip="Apply the official --normalize (1%/99% quantiles -> 0/1) before saving.",
+                ),
+            ],
+            outputs=[
+                io.String.Output(display_name="first_file", tooltip="Path of the first file, relative to output.")
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, depth: torch.Tensor, filename_prefix: str, quantile_normalize: bool = False) -> io.NodeOutput:
+        d = as_mask(depth, "depth")[:, 0]  # [B,H,W]
+        if quantile_normalize:
+            d = quantile_normalize(d)
+        out_dir = folder_paths.get_output_directory()
+        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, out_dir, d.shape[-1], d.shape[-2]
+        )
+        files, saved = [], []
+        for i in range(d.shape[0]):
+            filename = f"{name}_{counter + i:05}_.png"
+            save_depth_png16(d[i], os.path.join(full_dir, filename))
+            files.append(f"{subfolder}/{filename}" if subfolder else filename)
+            saved.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
+        return io.NodeOutput(files[0], ui=ui.SavedImages(saved))

@@ -16,7 +16,14 @@ import latent_preview
 import torch
 from comfy_api.latest import io
 
-from ..unidense_core.dense.readout import NORMALIZE, depth_to_display, normalize_depth
+from ..unidense_core.dense.readout import (
+    NORMALIZE,
+    depth_to_display,
+    dmp_depth,
+    dmp_normals,
+    normalize_depth,
+    normals_to_image,
+)
 from ..unidense_core.dmp.lora import LoraWeights, check_lora_fits, load_lora
 from ..unidense_core.dmp.sampler import (
     DEFAULT_STEPS,
@@ -26,10 +33,7 @@ from ..unidense_core.dmp.sampler import (
     VARIANTS,
     check_steps,
     check_variant,
-    dmp_depth,
-    dmp_normals,
     dmp_sigmas,
-    normals_to_image,
     sample_interp,
 )
 from ..unidense_core.io.resolution import RESIZE_SIDES, resize_for_processing, resize_image

@@ -1,5 +1,5 @@
 """JointNet nodes: load the official folders as one 8-channel RGB-D MODEL, channel-wise inpainting inside any stock
-sampler (image→depth, depth→image, RGB-D editing), RGB-D latent helpers and the depth read-out / 16-bit export."""
+sampler (image→depth, depth→image, RGB-D editing), RGB-D latent helpers and the depth read-out."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ import os
 import folder_paths
 import node_helpers
 import torch
-from comfy_api.latest import io, ui
+from comfy_api.latest import io
 
 from ..unidense_core.dense.readout import (
     NORMALIZE,
     depth_to_display,
     jointnet_depth_from_unit,
     normalize_depth,
-    save_depth_png16,
 )
 from ..unidense_core.dense.readout import quantile_normalize as quantile_norm
 from ..unidense_core.jointnet.inpaint import (
@@ -378,53 +377,10 @@ class JointNetDepthDecode(io.ComfyNode):
         return io.NodeOutput(depth_to_display(shown, near_is_low=False, near_white=near_white), raw)
 
 
-class SaveDepth16(io.ComfyNode):
-    @classmethod
-    def define_schema(cls) -> io.Schema:
-        return io.Schema(
-            node_id="UniDense_SaveDepth16",
-            display_name="UniDense Save Depth (16-bit PNG)",
-            category=CATEGORY,
-            description="Save depth maps in [0, 1] as 16-bit greyscale PNGs (round(d·65535)), the official JointNet "
-            "export, into the output folder.",
-            inputs=[
-                io.Mask.Input("depth", tooltip="Depth [B,H,W] in [0, 1], e.g. depth_raw of the depth decode."),
-                io.String.Input("filename_prefix", default="unidense/jointnet_depth", tooltip="Subfolder/name prefix."),
-                io.Boolean.Input(
-                    "quantile_normalize",
-                    default=False,
-                    tooltip="Apply the official --normalize (1%/99% quantiles -> 0/1) before saving.",
-                ),
-            ],
-            outputs=[
-                io.String.Output(display_name="first_file", tooltip="Path of the first file, relative to output.")
-            ],
-            is_output_node=True,
-        )
-
-    @classmethod
-    def execute(cls, depth: torch.Tensor, filename_prefix: str, quantile_normalize: bool = False) -> io.NodeOutput:
-        d = as_mask(depth, "depth")[:, 0]  # [B,H,W]
-        if quantile_normalize:
-            d = quantile_norm(d)
-        out_dir = folder_paths.get_output_directory()
-        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, out_dir, d.shape[-1], d.shape[-2]
-        )
-        files, saved = [], []
-        for i in range(d.shape[0]):
-            filename = f"{name}_{counter + i:05}_.png"
-            save_depth_png16(d[i], os.path.join(full_dir, filename))
-            files.append(f"{subfolder}/{filename}" if subfolder else filename)
-            saved.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
-        return io.NodeOutput(files[0], ui=ui.SavedImages(saved))
-
-
 NODES: list[type[io.ComfyNode]] = [
     JointNetLoader,
     ChannelInpaintRGBD,
     SplitRGBDLatent,
     JoinRGBDLatent,
     JointNetDepthDecode,
-    SaveDepth16,
 ]

@@ -24,7 +24,6 @@ NODE_IDS = (
     "UniDense_SplitRGBDLatent",
     "UniDense_JoinRGBDLatent",
     "UniDense_JointNetDepthDecode",
-    "UniDense_SaveDepth16",
 )
 
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
+from unidense_core.dense import readout
 from unidense_core.dmp import sampler as dmp
 from unidense_core.dmp.lora import apply_lora_peft
 from unidense_core.io.resolution import processing_size, resize_for_processing, resize_image
@@ -202,9 +203,9 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="variant"):
         dmp.sample_dmp(lambda z, t: z, torch.zeros(1, 4, 2, 2), 5, "ddpm")
     with pytest.raises(ValueError, match="target_scale"):
-        dmp.dmp_depth(torch.rand(1, 3, 4, 4), -1.0)
+        readout.dmp_depth(torch.rand(1, 3, 4, 4), -1.0)
     with pytest.raises(ValueError, match="3-channel"):
-        dmp.dmp_normals(torch.rand(1, 1, 4, 4))
+        readout.dmp_normals(torch.rand(1, 1, 4, 4))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -215,23 +216,23 @@ def test_depth_readout_is_the_official_formula():
     g = torch.Generator().manual_seed(4)
     decoded = torch.randn(2, 3, 6, 5, generator=g) * 1.2  # raw VAE output, partly outside [-1, 1]
     official = (decoded.mean(dim=1) / 2 + 0.5).clamp(min=0)
-    torch.testing.assert_close(dmp.dmp_depth(decoded / 2 + 0.5, dmp.BEDROOM_DEPTH_SCALE), official * 8)
+    torch.testing.assert_close(readout.dmp_depth(decoded / 2 + 0.5, dmp.BEDROOM_DEPTH_SCALE), official * 8)
     m = official.amin(dim=(1, 2), keepdim=True)
     mx = official.amax(dim=(1, 2), keepdim=True)
-    torch.testing.assert_close(dmp.dmp_depth(decoded / 2 + 0.5), (official - m) / (mx - m))
+    torch.testing.assert_close(readout.dmp_depth(decoded / 2 + 0.5), (official - m) / (mx - m))
     hwc = (decoded / 2 + 0.5).movedim(1, -1)
-    torch.testing.assert_close(dmp.dmp_depth(hwc, 8.0, channel_dim=-1), official * 8)
+    torch.testing.assert_close(readout.dmp_depth(hwc, 8.0, channel_dim=-1), official * 8)
 
 
 def test_normals_readout():
     image = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(5))
-    n = dmp.dmp_normals(image)
+    n = readout.dmp_normals(image)
     torch.testing.assert_close(n.norm(dim=1), torch.ones(2, 5, 5))
     torch.testing.assert_close(n, F.normalize(image * 2 - 1, dim=1))
-    vis = dmp.normals_to_image(n)
+    vis = readout.normals_to_image(n)
     assert vis.min() >= 0 and vis.max() <= 1
-    torch.testing.assert_close(dmp.normals_to_image(n, flip_y=True)[:, 1], 1 - vis[:, 1])
-    torch.testing.assert_close(dmp.normals_to_image(n, flip_y=True)[:, ::2], vis[:, ::2])
+    torch.testing.assert_close(readout.normals_to_image(n, flip_y=True)[:, 1], 1 - vis[:, 1])
+    torch.testing.assert_close(readout.normals_to_image(n, flip_y=True)[:, ::2], vis[:, ::2])
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ def check_merge(workdir: str) -> list[str]:
 
 def check_dmp(workdir: str) -> list[str]:
     """DMP: an official-layout LoRA folder loads onto an SD 1.x UNet; the 5-step deterministic sampler."""
+    from .dense.readout import dmp_depth
     from .dmp.lora import apply_lora_peft, load_lora, save_lora_attn_procs
-    from .dmp.sampler import dmp_depth, dmp_schedule, sample_dmp, unet_velocity_fn
+    from .dmp.sampler import dmp_schedule, sample_dmp, unet_velocity_fn
     from .tiny import random_dmp_lora, tiny_sd_unet, tiny_vae
 
     unet = tiny_sd_unet()

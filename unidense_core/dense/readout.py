@@ -107,3 +107,49 @@ def save_depth_png16(depth: torch.Tensor, path: str) -> str:
     codes = depth_to_uint16(depth.detach().cpu()).to(torch.int32).numpy().astype(np.uint16)
     Image.fromarray(codes).save(path)
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------
+# DMP read-outs (Lee et al., CVPR 2024; decoded prediction image -> task output). ``image`` is the decoded image
+# mapped to [0, 1]: ComfyUI's VAEDecode output, or x/2 + 0.5 of the raw decode (unclamped = the official read-out).
+
+
+def dmp_depth(image: torch.Tensor, target_scale: float = 0.0, channel_dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Official depth read-out (``decode_latents(target_mode='F')``): mean of the 3 channels, clamp ≥ 0, then
+    × ``target_scale`` when the checkpoint has one (8 for the bedroom depth model: metres), else min-max per image.
+
+    [B,3,H,W] (channel_dim=1) or [B,H,W,3] (channel_dim=-1) -> [B,H,W] depth (near = small).
+    """
+    if image.shape[channel_dim] < 3:
+        raise ValueError(f"Expected a 3-channel decoded image, got shape {tuple(image.shape)}.")
+    if target_scale < 0:
+        raise ValueError(f"target_scale must be ≥ 0 (0 = unknown: normalise per image), got {target_scale}.")
+    d = image.narrow(channel_dim, 0, 3).float().mean(dim=channel_dim).clamp(min=0)
+    if target_scale > 0:
+        return d * target_scale
+    lo = d.amin(dim=(-2, -1), keepdim=True)
+    hi = d.amax(dim=(-2, -1), keepdim=True)
+    return (d - lo) / (hi - lo).clamp_min(eps)
+
+
+def dmp_normals(image: torch.Tensor, channel_dim: int = 1, eps: float = 1e-6) -> torch.Tensor:
+    """Normal map image in [0, 1] (official RGB read-out) -> unit vectors in [−1, 1], same layout.
+
+    n = 2·rgb − 1, then normalised to length 1 (the decoder's vectors are only approximately unit length).
+    """
+    if image.shape[channel_dim] < 3:
+        raise ValueError(f"Expected a 3-channel decoded image, got shape {tuple(image.shape)}.")
+    n = image.narrow(channel_dim, 0, 3).float() * 2.0 - 1.0
+    return n / n.norm(dim=channel_dim, keepdim=True).clamp_min(eps)
+
+
+def normals_to_image(normals: torch.Tensor, flip_y: bool = False, channel_dim: int = 1) -> torch.Tensor:
+    """Unit normals in [−1, 1] -> a [0, 1] visualisation ((n + 1)/2); ``flip_y`` negates the green channel
+    (switches between the OpenGL and DirectX conventions)."""
+    if flip_y:
+        sign = torch.ones(3, dtype=normals.dtype, device=normals.device)
+        sign[1] = -1.0
+        shape = [1] * normals.ndim
+        shape[channel_dim] = 3
+        normals = normals * sign.view(shape)
+    return ((normals + 1.0) / 2.0).clamp(0, 1)
