@@ -11,8 +11,8 @@ import torch
 from comfy_tiny import comfy_vae
 
 from unidense_core.jointnet.inpaint import channel_mask, masked_condition
-from unidense_core.jointnet.model import load_jointnet, random_jointnet, save_jointnet
-from unidense_core.tiny import TINY_SD21_UNET, tiny_sd21_unet
+from unidense_core.jointnet.model import load_jointnet, save_jointnet
+from unidense_core.tiny import TINY_SD21_UNET, random_jointnet, tiny_sd21_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~20x faster than 2 contended threads
 

@@ -248,8 +248,8 @@ def test_pixart_tiles(comfy):
 @pytest.fixture(scope="module")
 def jointnet(comfy, tmp_path_factory):
     """The real JointNet RGB-D MODEL ('UniDense Load JointNet' on a tiny official-format folder)."""
-    from unidense_core.jointnet.model import random_jointnet, save_jointnet
-    from unidense_core.tiny import TINY_SD21_UNET
+    from unidense_core.jointnet.model import save_jointnet
+    from unidense_core.tiny import TINY_SD21_UNET, random_jointnet
 
     root = tmp_path_factory.mktemp("jointnet_pano")
     comfy.folder_paths.add_model_folder_path("jointnet", str(root), is_default=True)

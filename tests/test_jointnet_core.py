@@ -14,11 +14,10 @@ from unidense_core.jointnet.model import (
     ExchangeConfig,
     JointNetRGBD,
     load_jointnet,
-    random_jointnet,
     read_jointnet_folder,
     save_jointnet,
 )
-from unidense_core.tiny import TINY_SD21_UNET, tiny_sd21_unet
+from unidense_core.tiny import TINY_SD21_UNET, random_jointnet, tiny_sd21_unet
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~20x faster than 2 contended threads
 

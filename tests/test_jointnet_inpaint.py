@@ -18,14 +18,13 @@ from unidense_core.jointnet.inpaint import (
     preset_masks,
     split_rgbd,
 )
-from unidense_core.jointnet.model import random_jointnet
 from unidense_core.jointnet.pipeline import (
     SD21_BASE_SCHEDULER,
     JointNetPipeline,
     ddim_inpaint,
     guided_eps,
 )
-from unidense_core.tiny import TINY_SD21_UNET, tiny_vae
+from unidense_core.tiny import TINY_SD21_UNET, random_jointnet, tiny_vae
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: ~20x faster than 2 contended threads
 

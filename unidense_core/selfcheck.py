@@ -95,9 +95,9 @@ def check_dmp(workdir: str) -> list[str]:
 
 def check_jointnet(workdir: str) -> list[str]:
     """JointNet: official unet/ + jointnet/ folders load; joint RGB-D generation; image -> depth keeps the image."""
-    from .jointnet.model import load_jointnet, random_jointnet, save_jointnet
+    from .jointnet.model import load_jointnet, save_jointnet
     from .jointnet.pipeline import JointNetPipeline
-    from .tiny import TINY_SD21_UNET, tiny_vae
+    from .tiny import TINY_SD21_UNET, random_jointnet, tiny_vae
 
     folder = f"{workdir}/jointnet/rgbd_inpaint_sd21b"
     save_jointnet(random_jointnet(TINY_SD21_UNET, has_masked_latent_input=True), folder)

@@ -5,10 +5,14 @@ Weights are random: these models verify wiring, shapes and formulas, never outpu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
 from .dmp.lora import LoraModule, LoraWeights, module_weight_shapes
+from .jointnet.model import ExchangeConfig, JointNetRGBD, build_branch
 from .merge.converters import ConverterConfig, MergeConverters
 
 # diffusers PixArtTransformer2DModel kwargs: PixArt-α 512 layout at toy width (4 blocks, 2 heads × 32).
@@ -152,3 +156,13 @@ def random_dmp_lora(
             up = torch.randn(shape[0], rank, generator=g) * scale  # [out, r]
             modules[name] = LoraModule(down, up)
     return LoraWeights(modules, source, "attn_processor")
+
+
+def random_jointnet(
+    unet_config: Mapping[str, Any], has_masked_latent_input: bool = False, seed: int = 0, scale: float = 0.2
+) -> JointNetRGBD:
+    """A JointNet with random non-zero weights everywhere (exchange convs included), for tests and benchmarks."""
+    ex = ExchangeConfig.from_unet_config({**unet_config, "has_masked_latent_input": has_masked_latent_input})
+    rgb = randomize_(build_branch(unet_config, ex), seed, scale)
+    depth = randomize_(build_branch(unet_config, ex), seed + 1, scale)
+    return JointNetRGBD(rgb, depth).eval()

@@ -568,15 +568,3 @@ def save_jointnet(model: JointNetRGBD, folder: str | os.PathLike, safe_serializa
         else:
             torch.save(sd, os.path.join(sub, "diffusion_pytorch_model.bin"))
     return folder
-
-
-def random_jointnet(
-    unet_config: Mapping[str, Any], has_masked_latent_input: bool = False, seed: int = 0, scale: float = 0.2
-) -> JointNetRGBD:
-    """A JointNet with random non-zero weights everywhere (exchange convs included), for tests and benchmarks."""
-    from ..tiny import randomize_
-
-    ex = ExchangeConfig.from_unet_config({**unet_config, "has_masked_latent_input": has_masked_latent_input})
-    rgb = randomize_(build_branch(unet_config, ex), seed, scale)
-    depth = randomize_(build_branch(unet_config, ex), seed + 1, scale)
-    return JointNetRGBD(rgb, depth).eval()
