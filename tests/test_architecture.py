@@ -12,6 +12,7 @@ CORE_LAYERS = {
     "io": 0,
     "dense": 1,
     "tiling": 1,
+    "sampling": 1,
     "merge": 2,
     "dmp": 2,
     "jointnet": 2,
