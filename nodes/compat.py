@@ -171,17 +171,21 @@ def check_version(version: str | None) -> str | None:
 
 
 def resolve(dotted: str):
-    """Import the longest importable module prefix of ``dotted`` and ``getattr`` the rest; AttributeError if absent."""
+    """``getattr`` along ``dotted`` from its top-level module, importing a submodule only where the attribute is not
+    there yet (ComfyUI has imported nearly all of them); AttributeError if a part does not exist."""
     parts = dotted.split(".")
-    for i in range(len(parts), 0, -1):
-        try:
-            obj = importlib.import_module(".".join(parts[:i]))
-        except ImportError:
-            continue
-        for name in parts[i:]:
-            obj = getattr(obj, name)
-        return obj
-    raise AttributeError(f"No module of {dotted!r} can be imported")
+    try:
+        obj = importlib.import_module(parts[0])
+    except ImportError as exc:
+        raise AttributeError(f"{parts[0]!r} cannot be imported ({exc})") from exc
+    for i, name in enumerate(parts[1:], start=1):
+        if not hasattr(obj, name) and hasattr(obj, "__path__"):  # a package whose submodule is not imported yet
+            try:
+                importlib.import_module(".".join(parts[: i + 1]))
+            except ImportError as exc:
+                raise AttributeError(f"{'.'.join(parts[: i + 1])!r} cannot be imported ({exc})") from exc
+        obj = getattr(obj, name)
+    return obj
 
 
 def missing_api(names: tuple[str, ...] = REQUIRED) -> list[str]:

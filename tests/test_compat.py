@@ -136,9 +136,8 @@ def test_every_required_api_exists(comfy):
 
 
 def test_missing_api_names_what_is_absent(comfy):
-    assert compat.missing_api(("comfy.model_patcher.ModelPatcher.clone", "comfy.model_patcher.no_such_thing")) == [
-        "comfy.model_patcher.no_such_thing"
-    ]
+    names = ("comfy.model_patcher.ModelPatcher.clone", "comfy.model_patcher.no_such_thing", "comfy.no_such_module.x")
+    assert compat.missing_api(names) == ["comfy.model_patcher.no_such_thing", "comfy.no_such_module.x"]
 
 
 def test_panorama_wrappers_pass_newer_keyword_arguments_through(comfy):
