@@ -8,6 +8,7 @@ arguments) must hold for our code already on the oldest one.
 import ast
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -160,3 +161,13 @@ def test_panorama_wrappers_pass_newer_keyword_arguments_through(comfy):
     ((args, kwargs),) = calls
     assert args[0] == "model" and args[2] is conds
     assert kwargs == {"model_options": options, "force_full_load": True, "force_offload": False}
+
+
+def test_declared_range_matches_compat():
+    """pyproject's [tool.comfy] requires-comfyui (the registry reads it) and the load-time message say the same."""
+    low = ".".join(str(p) for p in compat.MIN_VERSION)
+    with open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8") as f:
+        declared = re.search(r'^"requires-comfyui"\s*=\s*"([^"]+)"', f.read(), re.M).group(1)
+    assert declared == f">={low}"
+    with open(os.path.join(ROOT, "__init__.py"), encoding="utf-8") as f:
+        assert f"needs ComfyUI {low} or newer" in f.read()
