@@ -15,8 +15,8 @@ import re
 
 logger = logging.getLogger(__name__)
 
-MIN_VERSION = (0, 3, 60)  # the oldest ComfyUI the whole test suite passed on (docs/comfyui-compatibility.md)
-NEWEST_VERIFIED = (0, 33, 0)  # the newest ComfyUI the whole test suite passed on
+MIN_VERSION = (0, 3, 60)  # the oldest ComfyUI tested (API checks, MERGE, registration: docs/comfyui-compatibility.md)
+NEWEST_VERIFIED = (0, 33, 0)  # the newest ComfyUI the ComfyUI tests passed on
 TABLE = "docs/comfyui-compatibility.md"
 
 # The keys a KSAMPLER function's callback dict must carry: ComfyUI >= 0.30 wraps every sampler's callback and reads
