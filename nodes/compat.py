@@ -15,7 +15,7 @@ import re
 
 logger = logging.getLogger(__name__)
 
-MIN_VERSION = (0, 3, 60)  # the oldest ComfyUI tested (API checks, MERGE, registration: docs/comfyui-compatibility.md)
+MIN_VERSION = (0, 3, 60)  # the oldest ComfyUI tested (API checks, MERGE, server, workflows: docs/...)
 NEWEST_VERIFIED = (0, 33, 0)  # the newest ComfyUI the ComfyUI tests passed on
 TABLE = "docs/comfyui-compatibility.md"
 
