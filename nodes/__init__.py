@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from . import paths
+from . import compat, paths
 from .dense import SaveDepth16, SaveRGBD3D
 from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
@@ -12,6 +12,7 @@ from .jointnet import NODES as JOINTNET_NODES
 from .merge import DepthReadout, LoadConverter, MergeDepthConditioning, ModeSwitch
 from .tiling import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
+compat.check_comfyui()  # refuses a too-old ComfyUI; logs the APIs a newer one lacks
 paths.register()
 
 NODE_LIST: list[type[io.ComfyNode]] = [
