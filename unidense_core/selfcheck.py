@@ -42,7 +42,7 @@ def check_merge(workdir: str) -> list[str]:
     image = torch.rand(1, 3, 64, 96, generator=g)
     depth = pipe.estimate_depth(
         image, num_inference_steps=20, generator=torch.Generator().manual_seed(1), resolution_binning=False
-    )
+    ).depth
     assert depth.shape == (1, 64, 96) and 0 <= depth.min() <= depth.max() <= 1
     done.append(f"depth: 20 DPM-Solver++ steps, 64x96 image -> depth {tuple(depth.shape)} in [0, 1]")
     kw = dict(
@@ -54,9 +54,9 @@ def check_merge(workdir: str) -> list[str]:
         guidance_scale=1.0,
         resolution_binning=False,
     )
-    img1 = pipe.generate(generator=torch.Generator().manual_seed(2), **kw)
+    img1 = pipe.generate(generator=torch.Generator().manual_seed(2), **kw).image
     fresh = MergePipeline(tiny_pixart(), conv, pipe.vae, empty_prompt=(ctx, mask))
-    img2 = fresh.generate(generator=torch.Generator().manual_seed(2), **kw)
+    img2 = fresh.generate(generator=torch.Generator().manual_seed(2), **kw).image
     assert torch.equal(img1, img2), "generation with converters loaded must equal the plain model"
     assert all(torch.equal(reference[k], v) for k, v in fixed.state_dict().items())
     done.append("generation after a depth run is bit-identical to a fresh base model; base weights untouched")

@@ -166,3 +166,90 @@ def random_jointnet(
     rgb = randomize_(build_branch(unet_config, ex), seed, scale)
     depth = randomize_(build_branch(unet_config, ex), seed + 1, scale)
     return JointNetRGBD(rgb, depth).eval()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Official-format folders (diffusers / transformers layouts) for the standalone pipelines and the CLI
+
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def write_clip_text(folder: str, seed: int = 5) -> None:
+    """``text_encoder/`` (CLIPTextModel, 32 wide) and ``tokenizer/`` (CLIP BPE over single letters) in ``folder``."""
+    import json
+    import os
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in _LETTERS:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    tok = os.path.join(folder, "tokenizer")
+    os.makedirs(tok, exist_ok=True)
+    with open(os.path.join(tok, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(tok, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    special = {"unk_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    with open(os.path.join(tok, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_max_length": 77, "pad_token": "<|endoftext|>", **special}, f)
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=77, **ids, **TINY_CLIP_TEXT)
+    randomize_(CLIPTextModel(config), seed, 0.1).save_pretrained(os.path.join(folder, "text_encoder"))
+
+
+def write_t5_text(folder: str, seed: int = 6) -> None:
+    """``text_encoder/`` (T5EncoderModel, 32 wide) and ``tokenizer/`` (a unigram vocabulary of letters)."""
+    import os
+
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(f"▁{c}", -1.0) for c in _LETTERS] + [(c, -2.0) for c in _LETTERS]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(os.path.join(folder, "tokenizer"))
+    model = T5EncoderModel(T5Config(vocab_size=len(vocab), **TINY_T5))
+    randomize_(model, seed, 0.1).save_pretrained(os.path.join(folder, "text_encoder"))
+
+
+def write_sd_folder(folder: str, unet: nn.Module | None = None, vae: nn.Module | None = None, text: bool = True) -> str:
+    """A local diffusers Stable Diffusion folder: ``unet/`` (if given), ``vae/``, ``text_encoder/``, ``tokenizer/``
+    and ``scheduler/`` (SD's scaled-linear schedule, DDIM with leading spacing and steps_offset 1)."""
+    import os
+
+    from diffusers import DDIMScheduler
+
+    if unet is not None:
+        unet.save_pretrained(os.path.join(folder, "unet"))
+    (vae if vae is not None else tiny_vae()).save_pretrained(os.path.join(folder, "vae"))
+    if text:
+        write_clip_text(folder)
+    DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(os.path.join(folder, "scheduler"))
+    return folder
+
+
+def write_pixart_folder(
+    folder: str, transformer: nn.Module | None = None, vae: nn.Module | None = None, text: bool = True
+) -> str:
+    """A local diffusers PixArt-α folder: ``transformer/``, ``vae/``, ``scheduler/`` (DPM-Solver++) and, with
+    ``text``, a tiny T5 ``text_encoder/`` + ``tokenizer/``."""
+    import os
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    (transformer if transformer is not None else tiny_pixart()).save_pretrained(os.path.join(folder, "transformer"))
+    (vae if vae is not None else tiny_vae()).save_pretrained(os.path.join(folder, "vae"))
+    if text:
+        write_t5_text(folder)
+    DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).save_pretrained(
+        os.path.join(folder, "scheduler")
+    )
+    return folder

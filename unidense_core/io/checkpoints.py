@@ -138,3 +138,52 @@ def scheduler_config(root: str | os.PathLike, default: Mapping) -> dict:
     if not os.path.isfile(path):
         return dict(default)
     return {k: v for k, v in load_json(path).items() if not k.startswith("_")}
+
+
+# Weights file names of a local diffusers / transformers model folder (single file first, then a sharded index).
+DIFFUSERS_WEIGHTS = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+    "diffusion_pytorch_model.bin.index.json",
+)
+TRANSFORMERS_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model")  # fast tokenizer, CLIP BPE, T5 sentencepiece
+
+
+def require_folder(path: str | os.PathLike, hint: str) -> str:
+    """``path`` if it is a folder, else an error that says what the folder should be."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        what = "is a file, not a folder" if os.path.isfile(path) else "does not exist"
+        raise CheckpointError(f"'{path}' {what}. {hint}")
+    return path
+
+
+def require_model_folder(
+    root: str | os.PathLike, name: str, hint: str, weights: tuple[str, ...] = DIFFUSERS_WEIGHTS
+) -> str:
+    """``root/name`` holding ``config.json`` and one of ``weights``; otherwise an error naming the missing file."""
+    folder = require_subfolder(require_folder(root, hint), name, hint)
+    config = os.path.join(folder, "config.json")
+    if not os.path.isfile(config):
+        raise CheckpointError(f"Missing '{config}'. {hint}")
+    if not any(os.path.isfile(os.path.join(folder, w)) for w in weights):
+        raise CheckpointError(
+            f"No weights in '{folder}': expected '{weights[0]}' (or {', '.join(repr(w) for w in weights[1:])}) "
+            f"next to config.json. {hint}"
+        )
+    return folder
+
+
+def require_tokenizer_folder(root: str | os.PathLike, name: str, hint: str) -> str:
+    """``root/name`` holding a tokenizer (``tokenizer.json``, CLIP's ``vocab.json`` or T5's ``spiece.model``)."""
+    folder = require_subfolder(require_folder(root, hint), name, hint)
+    if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
+        raise CheckpointError(f"No tokenizer in '{folder}': expected one of {', '.join(TOKENIZER_FILES)}. {hint}")
+    return folder
