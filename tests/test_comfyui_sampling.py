@@ -434,3 +434,19 @@ def test_missing_ksampler_attributes_are_a_clear_error(comfy):
 
     with pytest.raises(RuntimeError, match=r"reads 'inner_model' from ComfyUI's sampler model.*stock KSampler"):
         host.sample_official_ddim_comfy(NoAttributes(), torch.zeros(1, 4, 2, 2), torch.tensor([1.0, 0.0]))
+
+
+def test_jointnet_and_panorama_workflows_use_the_official_sampler():
+    import json
+    import os
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows")
+    for name in sorted(os.listdir(folder)):
+        if not name.startswith(("jointnet_", "panorama_")):
+            continue
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            nodes = json.load(f)["nodes"]
+        samplers = [n for n in nodes if n["type"] == "UniDense_OfficialDDIMKSampler"]
+        assert len(samplers) == 1 and not any(n["type"] == "KSampler" for n in nodes), name
+        seed, _control, steps, cfg, denoise = samplers[0]["widgets_values"]
+        assert (steps, cfg) == (50, 7.5) and 0 < denoise <= 1, name  # the official settings
