@@ -11,7 +11,8 @@ A stock ComfyUI run on the same timesteps (``ddim_uniform``) still differs in it
 module adds:
 
 * start: a full-strength run starts from plain noise, VP z_T = ε, i.e. x = ε·√(1+σ₀²). ComfyUI starts from
-  ε·σ₀ (+ latent) whenever σ₀ < σ_max (t = 981 < 999 for 50 steps): 0.29 % smaller at 50 steps, 5 % at 3 steps.
+  ε·σ₀ (+ latent) whenever σ₀ < σ_max (t = 981 < 999 for 50 steps); the official start is 0.29 % larger at 50
+  steps and 5.7 % at 3 steps.
   A strength < 1 run starts from ``add_noise(init, ε, t₀)`` = init + σ₀·ε in σ-space, as ComfyUI does.
 * end: the last step goes to ᾱ_final = ᾱ_{t=0} (σ_final = σ(t=0) = 0.0292 for SD), not to σ = 0, and the result is
   the VP latent z = x·√ᾱ_final (it keeps √(1−ᾱ₀) ≈ 2.9 % of the last noise estimate).
