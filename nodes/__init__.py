@@ -10,6 +10,7 @@ from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
 from .jointnet import NODES as JOINTNET_NODES
 from .merge import DepthReadout, LoadConverter, MergeDepthConditioning, ModeSwitch
+from .sampling import NODES as SAMPLING_NODES
 from .tiling import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
 compat.check_comfyui()  # refuses a too-old ComfyUI; logs the APIs a newer one lacks
@@ -33,4 +34,6 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     CircularVAEEncode,
     SaveRGBD3D,
     SaveDepth16,
+    # The official DDIM of the pipelines (JointNet, SD) as SIGMAS + SAMPLER and a KSampler-like node
+    *SAMPLING_NODES,
 ]

@@ -78,8 +78,8 @@ class JointNetLoader(io.ComfyNode):
             category=CATEGORY,
             description="Load an official JointNet model (Zhang et al., ICLR 2024) from models/jointnet/<name>/"
             "{unet,jointnet}/ as one MODEL whose latent has 8 channels (RGB 4 + depth 4): EmptyLatentImage + any "
-            "stock sampler then generate RGB-D jointly (official: 512², euler/ddim_uniform 50 steps, cfg 7.5). Use "
-            "SD2.1-base's CLIP and VAE. Both UNets follow ComfyUI's loading, offloading and dtype handling.",
+            "sampler then generate RGB-D jointly (official: 512², UniDense Official DDIM KSampler 50 steps, cfg 7.5). "
+            "Use SD2.1-base's CLIP and VAE. Both UNets follow ComfyUI's loading, offloading and dtype handling.",
             inputs=[
                 io.Combo.Input(
                     "model_name",

@@ -329,7 +329,8 @@ def channel_inpaint_clone(model, cmask: torch.Tensor):
 
     def keep_exact(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
         out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-        if denoise_mask is None or len(sigmas) == 0 or float(sigmas[-1]) != 0.0:
+        ends_clean = len(sigmas) > 0 and (float(sigmas[-1]) == 0.0 or getattr(sampler, "ends_clean", False))
+        if denoise_mask is None or not ends_clean:  # (the official DDIM ends clean at ᾱ_0: hosts/sampling.py)
             return out  # partial runs (KSamplerAdvanced) keep ComfyUI's own, still-noisy result
         effective = comfy.utils.reshape_mask(denoise_mask.to(out), out.shape) * fit(out)
         return torch.where(effective == 0, latent_image.to(out), out)
