@@ -466,3 +466,15 @@ def test_all_zero_edit_mask_warns(env, caplog):
     with caplog.at_level(logging.WARNING):
         inpaint(env, "custom", rgbd_latent=z8(), rgb_mask=torch.zeros(1, 64, 64), depth_mask=torch.ones(1, 64, 64))
     assert "rgb_mask is 0 (keep) everywhere" in caplog.text and "PNG has no alpha" in caplog.text
+
+
+def test_comfy_conversion_refuses_only_what_it_cannot_compute(env):
+    import sys
+
+    host = next(m for k, m in sys.modules.items() if k.endswith("nodes.hosts.jointnet"))
+    base = json.loads((env["root"] / "bad_gen" / "unet" / "config.json").read_text())
+    same = host.ldm_unet_config(base, "base")
+    for equivalent in (dict(only_cross_attention=[False, False]), dict(mid_block_only_cross_attention=False)):
+        assert host.ldm_unet_config({**base, **equivalent}, "eq") == same
+    with pytest.raises(ValueError, match=r"only_cross_attention=\[True, False\] is not supported inside ComfyUI"):
+        host.ldm_unet_config({**base, "only_cross_attention": [True, False]}, "'x/config.json'")

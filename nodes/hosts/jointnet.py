@@ -86,6 +86,8 @@ COMFY_FIXED = {
     "timestep_post_act": None,
     "only_cross_attention": False,
     "mid_block_only_cross_attention": None,
+    "time_embedding_act_fn": None,
+    "cross_attention_norm": None,
 }
 
 
@@ -97,7 +99,12 @@ def ldm_unet_config(config: dict, source: str) -> dict:
     """
     check_unet_config(config, source)
     for key, value in COMFY_FIXED.items():
-        if config.get(key, value) != value:
+        given = config.get(key, value)
+        if isinstance(given, list | tuple) and all(v == value for v in given):
+            given = value  # a per-block list of the same value (e.g. only_cross_attention: [false, false, ...])
+        if key == "mid_block_only_cross_attention" and given is False:
+            given = None  # diffusers: None follows only_cross_attention (False); False says the same
+        if given != value:
             raise CheckpointError(
                 f"{source}: {key}={config[key]!r} is not supported inside ComfyUI (SD2.1-base uses {value!r})."
             )
