@@ -346,11 +346,11 @@ ROWS = [
     ("SaveRGBD3D", "format_unknown", lambda e: save3d(e, fmt="obj"), r"format must be one of"),
     ("SaveRGBD3D", "depth_kind_unknown", lambda e: save3d(e, kind="metres"), r"depth_kind must be one of"),
     ("SaveRGBD3D", "scale_nan", lambda e: save3d(e, scale=NAN), r"scale must be a finite number"),
-    ("SaveRGBD3D", "max_depth_ratio_one", lambda e: save3d(e, ratio=1.0), r"max_depth_ratio must be 0 \(off\) or > 1"),
+    ("SaveRGBD3D", "max_ratio_one", lambda e: save3d(e, ratio=1.0), r"max_depth_ratio\) must be 0 \(off\) or > 1"),
     ("SaveRGBD3D", "all_triangles_dropped", lambda e: save3d(e, depth=stripes(), kind="depth", shift=0.01, ratio=2.0),
      r"mesh has no triangle.*max_depth_ratio"),
     ("SaveRGBD3D", "tall_cylinder", lambda e: save3d(e, projection="cylindrical_360"),
-     r"would span 360° vertically.*less than 180°"),
+     r"reaches 157.5° above and below the horizon.*under 90°"),
     ("SaveRGBD3D", "prefix_outside", lambda e: save3d(e, prefix="../../outside/x"), r"filename_prefix '\.\./"),
     # SaveDepth16
     ("SaveDepth16", "nan", lambda e: depth16(e, with_bad(torch.rand(1, 8, 8))), r"depth has 1 non-finite"),

@@ -80,10 +80,11 @@ def check_projection(height: int, width: int, projection: str, span: float) -> N
         )
     if projection == "cylindrical" and not 0 < span <= 360:
         raise ValueError(f"The cylindrical span must be in (0, 360] degrees, got {span}.")
-    if projection == "cylindrical" and span * height / width >= 180:
+    reach = span * (height - 1) / width / 2  # degrees above/below the horizon at the outermost pixel centres
+    if projection == "cylindrical" and reach >= 90:
         raise ValueError(
-            f"A cylindrical panorama of {width}×{height} spanning {span:g}° would span {span * height / width:g}° "
-            "vertically (square pixels in angle), but a cylinder covers less than 180°. Use a wider image, the "
+            f"A cylindrical panorama of {width}×{height} spanning {span:g}° reaches {reach:g}° above and below the "
+            "horizon (square pixels in angle), but a cylinder stays under 90°. Use a wider image, the "
             "'equirectangular' projection for 2:1 360° images, or 'perspective'."
         )
 
@@ -132,7 +133,7 @@ def drop_stretched(faces: torch.Tensor, depth: torch.Tensor, max_ratio: float) -
     if max_ratio <= 0:
         return faces
     if not max_ratio > 1:
-        raise ValueError(f"max_depth_ratio must be 0 (off) or > 1, got {max_ratio}.")
+        raise ValueError(f"max_ratio (the node's max_depth_ratio) must be 0 (off) or > 1, got {max_ratio}.")
     d = depth.flatten()[faces]  # [F,3]
     return faces[d.amax(dim=1) / d.amin(dim=1) <= max_ratio]
 
