@@ -20,6 +20,7 @@ from torch import nn
 from ..dense.outputs import DISPARITY, DenseOutput
 from ..dense.readout import decoded_to_unit, jointnet_depth_from_unit
 from ..io.checkpoints import TRANSFORMERS_WEIGHTS, require_model_folder, require_tokenizer_folder, scheduler_config
+from ..io.checks import check_finite, check_not_empty
 from ..tiling.panorama import circular_pad, crop_pad
 from .inpaint import (
     MODES,
@@ -107,6 +108,7 @@ def ddim_generate(
 ) -> torch.Tensor:
     """Joint DDIM (η = 0) from ``latents`` = N(0, I) [B,8,h,w]; returns the final joint latent."""
     check_joint_latent(latents, model.latent_channels, "latents")
+    check_finite(check_not_empty(latents, "latents", "BChw"), "latents", "BChw")
     b = latents.shape[0]
     cond, uncond = _expand(cond, b), _expand(uncond, b)
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
@@ -157,6 +159,8 @@ def ddim_inpaint(
     ``start_from_noise`` starts from ``noise`` even at strength < 1 (the official pipeline given ``latents``).
     """
     check_joint_latent(init_latents, model.latent_channels, "init_latents")
+    for name, x in (("init_latents", init_latents), ("noise", noise), ("mask", mask)):
+        check_finite(check_not_empty(x, name), name)
     if noise.shape != init_latents.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must have the shape of init_latents {tuple(init_latents.shape)}.")
     if mask.shape[1:] != init_latents.shape[1:] or mask.shape[0] not in (1, init_latents.shape[0]):
@@ -307,8 +311,8 @@ class JointNetPipeline:
         callback: StepCallback | None = None,
     ) -> JointNetOutput:
         """Text → RGB + depth with the official defaults (DDIM 50, CFG 7.5, 512², N(0, I) on 8 channels)."""
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {height}×{width}.")
+        if height % 8 or width % 8 or height < 8 or width < 8:
+            raise ValueError(f"height and width must be positive multiples of 8, got {height}×{width}.")
         cond, uncond = self._prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance_scale)
         shape = (cond.shape[0], 2 * self.model.latent_channels, height // 8, width // 8)
         if latents is None:
@@ -374,8 +378,12 @@ class JointNetPipeline:
             raise ValueError("Give `image` (for rgb2j / editing) and/or `depth` (for j2rgb / editing).")
         if ref is not None and ref.ndim != 4:
             raise ValueError(f"image/depth must be [B,C,H,W] tensors in [0, 1], got shape {tuple(ref.shape)}.")
+        for name, x in (("image", image), ("depth", depth)):
+            if x is not None:
+                check_finite(check_not_empty(x, name, "BCHW"), name, "BCHW")
         if image_latents is not None:
             check_joint_latent(image_latents, self.model.latent_channels, "image_latents")
+            check_finite(image_latents, "image_latents", "BChw")
             b, size = image_latents.shape[0], (8 * image_latents.shape[-2], 8 * image_latents.shape[-1])
             if ref is not None and tuple(ref.shape[-2:]) != size:
                 raise ValueError(
