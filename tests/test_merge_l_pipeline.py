@@ -149,3 +149,25 @@ def test_from_folders_reports_missing_parts(tmp_path):
         MergeFluxPipeline.from_folders(str(tmp_path / "flux"), str(tmp_path / "conv"), str(tmp_path / "e.safetensors"))
     with pytest.raises(ValueError, match="empty prompt"):
         MergeFluxPipeline.from_folders(str(tmp_path / "flux"), str(tmp_path / "conv"))
+
+
+def test_cli_runs_on_local_folders(tmp_path, pipe):
+    """``merge-l-depth`` reads official-layout folders and writes a 16-bit depth PNG equal to the API's result."""
+    from PIL import Image
+
+    from unidense_core.cli import main
+
+    pipe.transformer.save_pretrained(tmp_path / "flux" / "transformer")
+    pipe.vae.save_pretrained(tmp_path / "flux" / "vae")
+    save_flux_converters(pipe.converters, tmp_path / "merge-large-depth-v1" / "depth_converters")
+    ctx, pooled = pipe.empty_prompt
+    save_prompt_embedding(tmp_path / "empty.safetensors", ctx, pooled=pooled)
+    arr = (np.random.default_rng(1).random((32, 48, 3)) * 255).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "in.png")
+    args = ["merge-l-depth", "--flux", str(tmp_path / "flux"), "--converters", str(tmp_path / "merge-large-depth-v1")]
+    args += ["--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "d.png"), "--raw", str(tmp_path / "d.npy")]
+    args += ["--empty-prompt", str(tmp_path / "empty.safetensors"), "--steps", "2", "--dtype", "fp32"]
+    assert main(args) == 0
+    ref = pipe.estimate_depth(Image.fromarray(arr), 2, generator=torch.Generator().manual_seed(0))[0]
+    torch.testing.assert_close(torch.from_numpy(np.load(tmp_path / "d.npy")), ref, rtol=1e-5, atol=1e-5)
+    assert np.asarray(Image.open(tmp_path / "d.png")).dtype == np.uint16

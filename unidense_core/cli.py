@@ -3,6 +3,7 @@
 selfcheck                 run every capability end to end on tiny random models (no downloads)
 merge-depth               depth from an image with PixArt-α + MERGE converters (local folders only)
 merge-generate            text-to-image with the same PixArt-α
+merge-l-depth             depth from an image with FLUX.1-dev + MERGE-L converters (local folders only)
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--prompt", required=True)
             p.add_argument("--cfg", type=float, default=4.5)
+    from .cli_merge_l import COMMAND as MERGE_L
+    from .cli_merge_l import add_merge_l_parser, run_merge_l
+
+    add_merge_l_parser(sub)
     args = ap.parse_args(argv)
+    if args.command == MERGE_L:
+        return run_merge_l(args)
     if args.command == "selfcheck":
         from .selfcheck import run
 
