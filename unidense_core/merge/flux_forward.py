@@ -206,7 +206,7 @@ class DiffusersFluxHost:
             if getattr(transformer, a, None) is None
         ]
         if missing:
-            raise TypeError(
+            raise ValueError(
                 f"{type(transformer).__name__} is not a FLUX transformer (lacks {', '.join(missing)}); MERGE-L needs "
                 "diffusers' FluxTransformer2DModel from FLUX.1-dev."
             )
