@@ -234,6 +234,31 @@ def test_full_size_parameter_counts_of_flux_dev():
     assert round(100 * 1_435_391_552 / n_flux, 2) == 12.06  # "1.4B (12%)" in the paper's table
 
 
+def test_full_size_parameter_counts_of_the_flux_text_encoders_and_vae():
+    """The README's memory figures for the other FLUX.1-dev parts (configs of its text_encoder*/ and vae/)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    t5 = T5Config(d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64, vocab_size=32128,
+                  feed_forward_proj="gated-gelu", relative_attention_num_buckets=32)  # fmt: skip
+    clip = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                          max_position_embeddings=77, vocab_size=49408, projection_dim=768)  # fmt: skip
+    with torch.device("meta"):
+        n_t5 = sum(p.numel() for p in T5EncoderModel(t5).parameters())
+        n_clip = sum(p.numel() for p in CLIPTextModel(clip).parameters())
+        vae = AutoencoderKL(
+            latent_channels=16,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+        n_vae = sum(p.numel() for p in vae.parameters())
+    assert (n_t5, n_clip, n_vae) == (4_762_310_656, 123_060_480, 83_819_683)
+
+
 def _sparse_safetensors(path, shapes, dtype="BF16", truncate=0):
     """A full-size safetensors file whose data region is a hole (no disk, no memory): the header is real."""
     header, offset = {}, 0

@@ -112,7 +112,8 @@ def check_flux_compatible(host: FluxHost, converters: MergeFluxConverters) -> Fl
             "trained on FLUX.1-dev with its guidance embedding fed 0; load FLUX.1-dev instead."
         )
     blocks = (host.num_double_blocks, host.num_single_blocks)
-    if cfg.hidden_size == FLUX_DEV_WIDTH and blocks != FLUX_DEV_BLOCKS:
+    released = cfg.hidden_size == FLUX_DEV_WIDTH and cfg.num_single_layers == 5  # the merge-large-depth-v1 layout
+    if released and blocks != FLUX_DEV_BLOCKS:
         raise ValueError(
             f"This FLUX model has {blocks[0]} double and {blocks[1]} single blocks; MERGE-L converters are placed "
             f"by FLUX.1-dev's {FLUX_DEV_BLOCKS[0]} + {FLUX_DEV_BLOCKS[1]} (a pruned or lite FLUX does not fit). "
