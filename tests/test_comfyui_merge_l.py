@@ -165,6 +165,16 @@ def test_model_sampling_flux_and_simple_give_the_official_sigmas(env, steps, wid
         assert (plain - ours).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("steps,size", [(28, 1024), (33, 2048)])
+def test_steps_that_do_not_divide_10000_round_the_grid_slightly(env, steps, size):
+    """ComfyUI's 'simple' picks from 10,000 σ values by truncated index: off by < 1e-3 when N does not divide it."""
+    comfy = env["comfy"]
+    m = flux_sampling(comfy, env["base"], size, size)
+    ours = comfy.samplers.calculate_sigmas(m.get_model_object("model_sampling"), "simple", steps)
+    diff = (ours - official_sigmas(steps, size, size)).abs().max().item()
+    assert 1e-5 < diff < 1e-3
+
+
 def test_stock_ksampler_reproduces_the_official_loop(env):
     """KSampler(euler, simple, cfg 1) after ModelSamplingFlux == the official Euler loop on the core model."""
     comfy = env["comfy"]
