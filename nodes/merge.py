@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 import node_helpers
 import torch
@@ -75,7 +76,8 @@ class LoadConverter(io.ComfyNode):
     @classmethod
     def execute(cls, converter_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
         path = paths.full_path(paths.CONVERTERS, converter_name)
-        module = load_merge_converters(path)
+        # MERGE-L's 1.4 B parameters are built with ComfyUI's ops, so low-VRAM partial loading can stream them
+        module = load_merge_converters(path, flux_operations=comfy.ops.disable_weight_init)
         n_params = sum(p.numel() for p in module.parameters())
         dtype = DTYPES[weight_dtype] or converter_dtype(module, n_params)
         module = module.to(dtype=dtype)

@@ -106,6 +106,33 @@ def test_converters_follow_model_management(env):
     assert not env["base"].wrappers and not env["base"].get_additional_models()  # the input MODEL is untouched
 
 
+def test_converters_stream_under_low_vram(env):
+    """Built with ComfyUI's ops: a partial (low-VRAM) load casts the weights per call and gives the same depth."""
+    comfy = env["comfy"]
+    handle = comfy.node("UniDense_LoadConverter").execute(CONVERTER, "fp32")[0]
+    linears = [m for m in handle.patcher.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(hasattr(m, "comfy_cast_weights") for m in linears)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 32, H, W, generator=g)
+    ctx, pooled, sigma = torch.randn(1, 5, 32, generator=g), torch.randn(1, 16, generator=g), torch.tensor([0.7])
+    m = env["comfy"].node("UniDense_ModeSwitch").execute(env["base"], handle, "depth", "keep")[0]
+    full = through_wrappers(comfy, m, x, sigma, ctx, pooled, None)
+    comfy.model_management.unload_all_models()
+    handle.patcher.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)  # every module in low VRAM
+    try:
+        import comfy.patcher_extension as pe
+
+        assert all(lin.comfy_cast_weights for lin in linears)  # on the CPU the weights stay put; the cast path runs
+        with torch.no_grad():
+            streamed = m.model.diffusion_model(
+                x, sigma, ctx, y=pooled, transformer_options={"wrappers": pe.copy_nested_dicts(m.wrappers)}
+            )
+        assert all(lin.comfy_cast_weights for lin in linears)
+    finally:
+        handle.patcher.unpatch_model()
+    assert torch.equal(streamed, full)
+
+
 def test_generate_mode_is_bit_identical(env):
     comfy, base = env["comfy"], env["base"]
     latent = {"samples": torch.zeros(1, 16, H, W)}

@@ -145,22 +145,22 @@ class FluxConverterConfig:
 class _AdaNorm(nn.Module):
     """Holds ``linear`` as diffusers' AdaLayerNormZeroSingle / AdaLayerNormContinuous do (keys ``*.linear.*``)."""
 
-    def __init__(self, dim: int, chunks: int):
+    def __init__(self, dim: int, chunks: int, ops=nn):
         super().__init__()
-        self.linear = nn.Linear(dim, chunks * dim)
+        self.linear = ops.Linear(dim, chunks * dim)
 
 
 class _QKV(nn.Module):
     """``attn.to_q/k/v`` and the RMS q/k norms of diffusers' pre-only ``FluxAttention`` (no output projection)."""
 
-    def __init__(self, dim: int, heads: int, head_dim: int):
+    def __init__(self, dim: int, heads: int, head_dim: int, ops=nn):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
-        self.norm_q = nn.RMSNorm(head_dim, eps=1e-6)
-        self.norm_k = nn.RMSNorm(head_dim, eps=1e-6)
-        self.to_q = nn.Linear(dim, heads * head_dim)
-        self.to_k = nn.Linear(dim, heads * head_dim)
-        self.to_v = nn.Linear(dim, heads * head_dim)
+        self.norm_q = ops.RMSNorm(head_dim, eps=1e-6)
+        self.norm_k = ops.RMSNorm(head_dim, eps=1e-6)
+        self.to_q = ops.Linear(dim, heads * head_dim)
+        self.to_k = ops.Linear(dim, heads * head_dim)
+        self.to_v = ops.Linear(dim, heads * head_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [B,S,D] -> q, k, v [B,H,S,hd] (q and k RMS-normalised)."""
@@ -171,15 +171,19 @@ class _QKV(nn.Module):
 
 
 class FluxConverterBlock(nn.Module):
-    """A FLUX single-stream block (diffusers ``FluxSingleTransformerBlock`` keys); the host supplies the attention."""
+    """A FLUX single-stream block (diffusers ``FluxSingleTransformerBlock`` keys); the host supplies the attention.
 
-    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float = 4.0):
+    ``ops`` provides ``Linear`` and ``RMSNorm`` (``torch.nn`` by default; ComfyUI passes its casting ops so that
+    low-VRAM partial loading can stream the weights).
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, mlp_ratio: float = 4.0, ops=nn):
         super().__init__()
         mlp = int(dim * mlp_ratio)
-        self.norm = _AdaNorm(dim, 3)
-        self.proj_mlp = nn.Linear(dim, mlp)
-        self.proj_out = nn.Linear(dim + mlp, dim)
-        self.attn = _QKV(dim, heads, head_dim)
+        self.norm = _AdaNorm(dim, 3, ops)
+        self.proj_mlp = ops.Linear(dim, mlp)
+        self.proj_out = ops.Linear(dim + mlp, dim)
+        self.attn = _QKV(dim, heads, head_dim, ops)
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor, rope: Any, attention: Attention) -> torch.Tensor:
         """x [B,S,D] tokens, temb [B,D] the base model's conditioning vector, rope in the host's own form."""
@@ -194,22 +198,23 @@ class FluxConverterBlock(nn.Module):
 class MergeFluxConverters(nn.Module):
     """The MERGE-L converter container: input embedding, 2 × G converter blocks and the depth read-out head."""
 
-    def __init__(self, cfg: FluxConverterConfig):
+    def __init__(self, cfg: FluxConverterConfig, operations=None):
         super().__init__()
         self.config = cfg
         d = cfg.hidden_size
+        ops = nn if operations is None else operations  # a namespace with Linear and RMSNorm
 
         def blocks() -> nn.ModuleList:
             return nn.ModuleList(
-                FluxConverterBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, cfg.mlp_ratio)
+                FluxConverterBlock(d, cfg.num_attention_heads, cfg.attention_head_dim, cfg.mlp_ratio, ops)
                 for _ in range(cfg.num_single_layers)
             )
 
-        self.x_embedder = nn.Linear(cfg.in_channels, d)
+        self.x_embedder = ops.Linear(cfg.in_channels, d)
         self.single_transformer_blocks_in_dual = blocks()
         self.single_transformer_blocks = blocks()
-        self.norm_out = _AdaNorm(d, 2)
-        self.proj_out = nn.Linear(d, cfg.patch_size**2 * cfg.out_channels)
+        self.norm_out = _AdaNorm(d, 2, ops)
+        self.proj_out = ops.Linear(d, cfg.patch_size**2 * cfg.out_channels)
 
     @property
     def num_groups(self) -> int:
@@ -311,16 +316,22 @@ def inspect_flux_converters(path: str | os.PathLike) -> tuple[str, FluxConverter
 
 
 def load_flux_converters(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    operations=None,
 ) -> MergeFluxConverters:
-    """Load official MERGE-L converters (a ``depth_converters`` folder, a repo root or one safetensors file)."""
+    """Load official MERGE-L converters (a ``depth_converters`` folder, a repo root or one safetensors file).
+
+    ``operations``: the Linear/RMSNorm classes to build with (default ``torch.nn``), e.g. ComfyUI's ``comfy.ops``.
+    """
     weights, cfg = inspect_flux_converters(path)
     sd = load_state_dict(weights)
     bad = [k for k, v in sd.items() if not v.is_floating_point()]
     if bad:
         raise CheckpointError(f"'{weights}': tensors {bad[:3]} are not floating point; the file is not converters.")
     with torch.device("meta"):
-        model = MergeFluxConverters(cfg)
+        model = MergeFluxConverters(cfg, operations)
     model.load_state_dict(sd, strict=True, assign=True)
     return model.to(device=device, dtype=dtype or next(iter(sd.values())).dtype).eval().requires_grad_(False)
 

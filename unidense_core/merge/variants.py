@@ -30,9 +30,15 @@ def converter_variant(path: str | os.PathLike) -> str:
 
 
 def load_merge_converters(
-    path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    flux_operations=None,
 ) -> MergeConverters | MergeFluxConverters:
-    """Load official MERGE-B or MERGE-L converters, whichever the file is (every key and shape checked)."""
+    """Load official MERGE-B or MERGE-L converters, whichever the file is (every key and shape checked).
+
+    ``flux_operations``: Linear/RMSNorm classes for MERGE-L's modules (e.g. ComfyUI's casting ops).
+    """
     if converter_variant(path) == MERGE_L:
-        return load_flux_converters(path, device, dtype)
+        return load_flux_converters(path, device, dtype, flux_operations)
     return load_converters(path, device, dtype)
