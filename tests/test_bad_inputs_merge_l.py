@@ -64,6 +64,8 @@ CORE_ROWS = [
     ("load_merge_converters", "flux_file", lambda r: load_merge_converters(r / "flux_transformer.safetensors"), "FLUX"),
     ("FluxConverterConfig", "in_out_mismatch",
      lambda r: FluxConverterConfig.from_dict({"merge_flux_transformer": True, "in_channels": 64}), "2 × out_channels"),
+    ("FluxConverterConfig", "string_groups",
+     lambda r: FluxConverterConfig.from_dict({"merge_flux_transformer": True, "num_single_layers": "5"}), "integers"),
     ("MergeFluxTransformer", "schnell",
      lambda r: MergeFluxTransformer(tiny_flux(guidance_embeds=False), tiny_flux_converters()), "schnell"),
     ("MergeFluxTransformer", "pixart_base", lambda r: MergeFluxTransformer(tiny_pixart(), tiny_flux_converters()),

@@ -86,9 +86,15 @@ class FluxConverterConfig:
         if data.get("patch_size", 1) != 1:
             raise CheckpointError(f"{source}: patch_size={data['patch_size']}; MERGE-L converters use 1 (packed).")
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in data.items() if k in names}
+        kw = {k: v for k, v in data.items() if k in names and v is not None}
         if "axes_dims_rope" in kw:
             kw["axes_dims_rope"] = tuple(kw["axes_dims_rope"])
+        if data.get("out_channels") is None and "in_channels" in kw:
+            kw["out_channels"] = kw["in_channels"]  # the official class: out_channels or in_channels
+        ints = ("num_single_layers", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels")
+        bad = [k for k in ints if k in kw and (not isinstance(kw[k], int) or isinstance(kw[k], bool))]
+        if bad:
+            raise CheckpointError(f"{source}: {', '.join(bad)} must be integers, got {[kw[k] for k in bad]}.")
         cfg = cls(**kw)
         if cfg.in_channels != 2 * cfg.out_channels:
             raise CheckpointError(
