@@ -82,6 +82,22 @@ def through_wrappers(comfy, model, x, sigma, ctx, pooled, guidance, **extra):
         return dm(x, sigma, ctx, y=pooled, guidance=guidance, transformer_options=options, **extra)
 
 
+def test_comfyui_flux_holds_the_diffusers_weights(env):
+    """The tiny builder's key mapping (fused qkv/mlp rows, the final modulation's swapped (shift, scale) halves) gives
+    ComfyUI's own FLUX the diffusers model's generation output, so the depth parity below compares like with like."""
+    g = torch.Generator().manual_seed(5)
+    z, ctx, pooled = (
+        torch.randn(2, 16, H, W, generator=g),
+        torch.randn(2, 5, 32, generator=g),
+        torch.randn(2, 16, generator=g),
+    )
+    sigma, guidance = torch.tensor([0.9, 0.2]), torch.full((2,), 3.5)
+    with torch.no_grad():
+        ref = MergeFluxTransformer(env["flux"])(z, sigma, ctx, pooled, guidance=guidance)
+        ours = env["base"].model.diffusion_model(z, sigma, ctx, y=pooled, guidance=guidance)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 def test_nodes_registered_and_converters_detected(env):
     comfy = env["comfy"]
     info = comfy.node("UniDense_MergeLDepthConditioning").GET_NODE_INFO_V1()
