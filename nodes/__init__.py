@@ -10,6 +10,7 @@ from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
 from .jointnet import NODES as JOINTNET_NODES
 from .merge import DepthReadout, LoadConverter, MergeDepthConditioning, ModeSwitch
+from .merge_l import NODES as MERGE_L_NODES
 from .sampling import NODES as SAMPLING_NODES
 from .tiling import CircularVAEDecode, CircularVAEEncode, TiledPanorama
 
@@ -22,6 +23,7 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     ModeSwitch,
     MergeDepthConditioning,
     DepthReadout,
+    *MERGE_L_NODES,  # MERGE-L on FLUX.1-dev: the depth conditioning (LoadConverter / ModeSwitch are shared)
     SavePromptEmbedding,
     LoadPromptEmbedding,
     # DMP (Lee et al., CVPR 2024)

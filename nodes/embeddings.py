@@ -7,7 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..unidense_core.io.prompt_embeddings import drop_padding, load_prompt_embedding, save_prompt_embedding
+from ..unidense_core.io.prompt_embeddings import drop_padding, read_prompt_embedding, save_prompt_embedding
 from . import paths
 
 
@@ -18,8 +18,9 @@ class SavePromptEmbedding(io.ComfyNode):
             node_id="UniDense_SavePromptEmbedding",
             display_name="UniDense Save Prompt Embedding",
             category="UniDense/conditioning",
-            description="Write a CONDITIONING's text embedding to models/unidense_embeddings, so later runs load "
-            "it with 'UniDense Load Prompt Embedding' instead of the text encoder.",
+            description="Write a CONDITIONING's text embedding (and its pooled output, as FLUX's CLIP-L gives) to "
+            "models/unidense_embeddings, so later runs load it with 'UniDense Load Prompt Embedding' instead of the "
+            "text encoder.",
             inputs=[
                 io.Conditioning.Input(
                     "conditioning", tooltip="The encoded prompt to store (e.g. the empty prompt from CLIPTextEncode)."
@@ -43,7 +44,10 @@ class SavePromptEmbedding(io.ComfyNode):
         if len(conditioning) != 1:
             raise ValueError(f"Save one conditioning at a time; this one has {len(conditioning)} entries.")
         folder = folder_paths.get_folder_paths(paths.EMBEDDINGS)[0]
-        save_prompt_embedding(os.path.join(folder, name), conditioning[0][0], prompt=prompt, encoder="comfyui")
+        pooled = conditioning[0][1].get("pooled_output")  # FLUX: CLIP-L's pooled vector, needed with the T5 context
+        save_prompt_embedding(
+            os.path.join(folder, name), conditioning[0][0], prompt=prompt, encoder="comfyui", pooled=pooled
+        )
         return io.NodeOutput(conditioning)
 
 
@@ -67,9 +71,13 @@ class LoadPromptEmbedding(io.ComfyNode):
 
     @classmethod
     def execute(cls, embedding_name: str) -> io.NodeOutput:
-        context, mask, _ = load_prompt_embedding(paths.full_path(paths.EMBEDDINGS, embedding_name))
+        e = read_prompt_embedding(paths.full_path(paths.EMBEDDINGS, embedding_name))
+        context, mask = e.context, e.mask
         conds = [
             [drop_padding(context[i : i + 1], None if mask is None else mask[i : i + 1]), {}]
             for i in range(context.shape[0])
         ]
+        if e.pooled is not None:  # FLUX conditioning carries CLIP's pooled output
+            for i, c in enumerate(conds):
+                c[1]["pooled_output"] = e.pooled[i : i + 1]
         return io.NodeOutput(conds)

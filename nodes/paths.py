@@ -12,7 +12,9 @@ JOINTNET = "jointnet"  # one folder per JointNet model, each holding the officia
 
 WHERE = {
     CONVERTERS: "MERGE-B: download the 'depth_converters' folder of the Hugging Face repo "
-    "'hongk1998/merge-base-depth-v1' (config.json + diffusion_pytorch_model.safetensors) into it.",
+    "'hongk1998/merge-base-depth-v1' (config.json + diffusion_pytorch_model.safetensors) into it; "
+    "MERGE-L (FLUX.1-dev): the same folder of 'hongk1998/merge-large-depth-v1', e.g. as "
+    "models/merge_converters/merge-large-depth-v1/depth_converters/.",
     EMBEDDINGS: "Make one with the 'UniDense Save Prompt Embedding' node (e.g. the empty prompt through the T5 "
     "text encoder).",
     JOINTNET: (

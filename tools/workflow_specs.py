@@ -509,3 +509,10 @@ SPECS["panorama_jointnet_rgbd_to_glb"] = [
     ("preview3d", "Preview3D", dict(model_file=""), dict(model_file=("to3d", 0))),
 ]
 NOTES.update({name: PANO_NOTE for name in SPECS if name.startswith("panorama_")})
+
+
+# MERGE-L (FLUX.1-dev): its own file, to keep this one short
+from workflow_specs_merge_l import MERGE_L_NOTES, MERGE_L_SPECS  # noqa: E402
+
+SPECS.update(MERGE_L_SPECS)
+NOTES.update(MERGE_L_NOTES)

@@ -16,6 +16,7 @@ EPILOG = """commands:
   selfcheck          run every capability end to end on tiny random models (no downloads)
   merge-depth        depth from an image: PixArt-α + MERGE converters
   merge-generate     text-to-image with the same PixArt-α
+  merge-l-depth      depth from an image: FLUX.1-dev + MERGE-L converters
   dmp                depth / normals / image tasks: SD 1.4 + an official DMP LoRA
   jointnet-generate  text -> RGB + depth
   jointnet-inpaint   image -> depth, depth -> image, RGB-D editing

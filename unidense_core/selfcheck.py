@@ -63,6 +63,35 @@ def check_merge(workdir: str) -> list[str]:
     return done
 
 
+def check_merge_l(workdir: str) -> list[str]:
+    """MERGE-L: converters load from the official folder; depth (official schedule) and generation from one FLUX."""
+    from .io.prompt_embeddings import read_prompt_embedding, save_prompt_embedding
+    from .merge.flux_converters import load_flux_converters, save_flux_converters
+    from .merge.flux_pipeline import MergeFluxPipeline
+    from .tiny import tiny_flux, tiny_flux_converters, tiny_flux_vae
+
+    save_flux_converters(tiny_flux_converters(), f"{workdir}/merge-large-depth-v1/depth_converters")
+    conv = load_flux_converters(f"{workdir}/merge-large-depth-v1")
+    done = [f"converters loaded from an official-layout folder ({len(conv.state_dict())} tensors, header-checked)"]
+    g = torch.Generator().manual_seed(0)
+    ctx, pooled = torch.randn(1, 8, 32, generator=g), torch.randn(1, 16, generator=g)
+    save_prompt_embedding(f"{workdir}/flux_empty.safetensors", ctx, prompt="", encoder="stand-in", pooled=pooled)
+    e = read_prompt_embedding(f"{workdir}/flux_empty.safetensors")
+    pipe = MergeFluxPipeline(tiny_flux(), conv, tiny_flux_vae(), empty_prompt=(e.context, e.pooled))
+    depth = pipe.estimate_depth(
+        torch.rand(1, 3, 72, 100, generator=g), generator=torch.Generator().manual_seed(1)
+    ).depth
+    assert depth.shape == (1, 64, 96) and 0 <= depth.min() <= depth.max() <= 1
+    done.append("depth: 20 Euler steps on the shifted linspace, 72x100 image -> floored 64x96 depth in [0, 1]")
+    kw = dict(prompt_embeds=ctx, pooled_prompt_embeds=pooled, height=64, width=64, num_inference_steps=4)
+    img1 = pipe.generate(generator=torch.Generator().manual_seed(2), **kw).image
+    fresh = MergeFluxPipeline(tiny_flux(), conv, pipe.vae, empty_prompt=(e.context, e.pooled))
+    img2 = fresh.generate(generator=torch.Generator().manual_seed(2), **kw).image
+    assert torch.equal(img1, img2), "generation with converters loaded must equal the plain model"
+    done.append("generation (stock FluxPipeline) with the converters loaded is bit-identical to the plain FLUX")
+    return done
+
+
 def check_dmp(workdir: str) -> list[str]:
     """DMP: an official-layout LoRA folder loads onto an SD 1.x UNet; the 5-step deterministic sampler."""
     from .dense.readout import dmp_depth
@@ -173,6 +202,7 @@ def check_panorama(workdir: str) -> list[str]:
 
 CHECKS: dict[str, Check] = {
     "MERGE-B (PixArt-α converters)": check_merge,
+    "MERGE-L (FLUX.1-dev converters)": check_merge_l,
     "DMP (SD 1.x + task LoRA)": check_dmp,
     "JointNet (RGB-D, channel inpainting)": check_jointnet,
     "Tiled panorama + 3D export": check_panorama,

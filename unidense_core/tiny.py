@@ -14,6 +14,7 @@ from torch import nn
 from .dmp.lora import LoraModule, LoraWeights, module_weight_shapes
 from .jointnet.model import ExchangeConfig, JointNetRGBD, build_branch
 from .merge.converters import ConverterConfig, MergeConverters
+from .merge.flux_converters import FluxConverterConfig, MergeFluxConverters
 
 # diffusers PixArtTransformer2DModel kwargs: PixArt-α 512 layout at toy width (4 blocks, 2 heads × 32).
 TINY_PIXART = dict(
@@ -46,6 +47,51 @@ PIXART_XL_512 = dict(
 )
 
 TINY_CONVERTER = ConverterConfig(num_layers=2, num_attention_heads=2, attention_head_dim=32, sample_size=8)
+
+# diffusers FluxTransformer2DModel kwargs: the FLUX.1-dev layout (guidance embedding, 16 latent channels packed
+# 2×2 = 64) at toy width: 3 double + 5 single blocks, 2 heads × 16, RoPE axes 4+6+6 = 16.
+TINY_FLUX = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=3,
+    num_single_layers=5,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=16,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+# black-forest-labs/FLUX.1-dev transformer/config.json (for shape checks and benchmarks).
+FLUX_DEV = dict(
+    TINY_FLUX,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    axes_dims_rope=(16, 56, 56),
+)
+# MERGE-L converters for TINY_FLUX: 2 groups (double blocks {0,1},{2}; single blocks {0,1,2},{3,4}).
+TINY_FLUX_CONVERTER = FluxConverterConfig(
+    num_single_layers=2, num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6)
+)
+# The FLUX VAE (ae.safetensors) layout at toy width: 16 latent channels, factor 8, FLUX's shift and scale.
+TINY_FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 
 # diffusers AutoencoderKL kwargs: 4 levels (factor 8), 4 latent channels, SD scaling factor.
 TINY_VAE = dict(
@@ -81,6 +127,23 @@ def tiny_pixart(seed: int = 0, **overrides) -> nn.Module:
     from diffusers import PixArtTransformer2DModel
 
     return randomize_(PixArtTransformer2DModel(**{**TINY_PIXART, **overrides}), seed).eval()
+
+
+def tiny_flux_converters(cfg: FluxConverterConfig = TINY_FLUX_CONVERTER, seed: int = 5) -> MergeFluxConverters:
+    return randomize_(MergeFluxConverters(cfg), seed).eval()
+
+
+def tiny_flux(seed: int = 4, **overrides) -> nn.Module:
+    """A diffusers FluxTransformer2DModel (needs diffusers) in the FLUX.1-dev layout with random non-zero weights."""
+    from diffusers import FluxTransformer2DModel
+
+    return randomize_(FluxTransformer2DModel(**{**TINY_FLUX, **overrides}), seed).eval()
+
+
+def tiny_flux_vae(seed: int = 6) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    return randomize_(AutoencoderKL(**TINY_FLUX_VAE), seed, scale=0.1).eval()
 
 
 def tiny_vae(seed: int = 2) -> nn.Module:

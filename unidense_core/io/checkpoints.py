@@ -187,3 +187,30 @@ def require_tokenizer_folder(root: str | os.PathLike, name: str, hint: str) -> s
     if not any(os.path.isfile(os.path.join(folder, f)) for f in TOKENIZER_FILES):
         raise CheckpointError(f"No tokenizer in '{folder}': expected one of {', '.join(TOKENIZER_FILES)}. {hint}")
     return folder
+
+
+def safetensors_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading the weights; truncation is detected."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint file not found: '{path}'.")
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n <= 0 or 8 + n > size:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(f.read(n))
+        ends = [info["data_offsets"][1] for k, info in header.items() if k != "__metadata__"]
+        shapes = {k: tuple(info["shape"]) for k, info in header.items() if k != "__metadata__"}
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"'{path}' is not a readable safetensors file ({exc}). It may be truncated or corrupt: "
+            "download it again and compare its size with the source."
+        ) from exc
+    if 8 + n + max(ends, default=0) > size:
+        raise CheckpointError(
+            f"'{path}' is truncated: its header describes {8 + n + max(ends):,} bytes but the file has {size:,}. "
+            "Download it again and compare its size with the source."
+        )
+    return shapes

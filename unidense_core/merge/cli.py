@@ -1,4 +1,5 @@
-"""MERGE subcommands: ``merge-depth`` and ``merge-generate`` (one PixArt-α, local folders only)."""
+"""MERGE subcommands: ``merge-depth`` and ``merge-generate`` (one PixArt-α), ``merge-l-depth`` (FLUX.1-dev); local
+folders only."""
 
 from __future__ import annotations
 
@@ -55,6 +56,35 @@ def add_cli(subparsers) -> None:
     g.add_argument("--no-binning", action="store_true", help="no resolution binning (needs the 512 model's bins)")
     add_common_arguments(g)
     g.set_defaults(run=run_generate)
+
+    f = add_subcommand(
+        subparsers,
+        "merge-l-depth",
+        "depth from an image with FLUX.1-dev + MERGE-L converters",
+        "Depth of one image with MERGE-L (Lin et al., NeurIPS 2025), as the official MERGEFluxPipeline: the image's "
+        "own size floored to multiples of 16, its FLUX VAE latent sampled, shifted and scaled, the empty prompt "
+        "through CLIP-L (pooled) and T5 (512 tokens), guidance 0, 20 Euler steps on linspace(1, 1/N, N) with FLUX's "
+        "resolution-dependent shift, mean of the decoded channels. Output: affine-invariant depth in [0, 1], "
+        "0 = near. The official runs use bf16.\n" + FLUX_FOLDERS,
+    )
+    f.add_argument("--flux", required=True, help="local diffusers folder of FLUX.1-dev (transformer/, vae/, ...)")
+    f.add_argument("--converters", required=True, help="MERGE-L depth_converters folder (or its root)")
+    f.add_argument("--image", required=True, help="input image (any size; floored to multiples of 16)")
+    f.add_argument("--steps", type=int, default=20, help="Euler steps (official 20)")
+    f.add_argument("--resize-to-input", action="store_true", help="resize the depth back to the image's size")
+    f.add_argument("--empty-prompt", help="saved CLIP+T5 embedding of '' (else CLIP-L and T5 are loaded: ~10 GB)")
+    f.add_argument("--save-empty-prompt", help="write the empty prompt's embedding here for later runs")
+    add_common_arguments(f)
+    f.set_defaults(run=run_flux_depth)
+
+
+FLUX_FOLDERS = """
+folders (nothing is downloaded):
+  --flux        a local copy of huggingface.co/black-forest-labs/FLUX.1-dev (transformer/, vae/, scheduler/;
+                text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/ for prompts)
+  --converters  the depth_converters folder of hongk1998/merge-large-depth-v1 (config.json +
+                diffusion_pytorch_model.safetensors), or the checkpoint's root
+"""
 
 
 def _folders(p: argparse.ArgumentParser) -> None:
@@ -117,5 +147,29 @@ def run_generate(args: argparse.Namespace) -> int:
             generator=generator(args),
             resolution_binning=not args.no_binning,
             callback=step,
+        )
+    return write_outputs(out, args.out)
+
+
+def run_flux_depth(args: argparse.Namespace) -> int:
+    from ..io.prompt_embeddings import save_prompt_embedding
+    from .flux_pipeline import MergeFluxPipeline
+
+    image = read_rgb(args.image)
+    pipe = MergeFluxPipeline.from_folders(
+        args.flux,
+        args.converters,
+        empty_prompt_path=args.empty_prompt,
+        device=args.device,
+        dtype=DTYPES[args.dtype],
+        load_text_encoders=args.empty_prompt is None,
+    )
+    if args.save_empty_prompt:
+        ctx, pooled = pipe.encode_prompt("")
+        save_prompt_embedding(args.save_empty_prompt, ctx, prompt="", encoder="clip_l+t5xxl (512)", pooled=pooled)
+        print(f"wrote {args.save_empty_prompt}")
+    with progress_bar(args.steps, "MERGE-L depth") as step:
+        out = pipe.estimate_depth(
+            image, args.steps, generator(args), resize_to_input=args.resize_to_input, callback=step
         )
     return write_outputs(out, args.out)

@@ -58,7 +58,8 @@ class ConverterConfig:
         if data.get("merge_flux_transformer") or "Flux" in class_name:
             raise CheckpointError(
                 f"{source} describes MERGE-L converters for FLUX.1-dev; this loader takes MERGE-B (PixArt-α) "
-                "converters. " + CONVERTER_SOURCE_HINT
+                "converters. Load MERGE-L ones with `merge.flux_converters.load_flux_converters` (or "
+                "`merge.variants.load_merge_converters`, which takes either)."
             )
         if data.get("is_converter") is False or data.get("caption_channels"):
             raise CheckpointError(
@@ -251,8 +252,8 @@ def detect_foreign_layout(state_dict: dict, source: str) -> None:
     keys = state_dict.keys()
     if any(k.startswith(("x_embedder.", "single_transformer_blocks")) for k in keys):
         raise CheckpointError(
-            f"{source} holds MERGE-L (FLUX.1-dev) converters; this pack's MERGE path takes MERGE-B (PixArt-α 512). "
-            + CONVERTER_SOURCE_HINT
+            f"{source} holds MERGE-L (FLUX.1-dev) converters; this loader takes MERGE-B (PixArt-α 512). Load them "
+            "with `merge.flux_converters.load_flux_converters` (or `merge.variants.load_merge_converters`)."
         )
     if any(k.startswith(("adaln_single.", "caption_projection.", "t_block.", "y_embedder.")) for k in keys):
         raise CheckpointError(
