@@ -78,6 +78,7 @@ def main() -> None:
     from unidense_core.merge.converters import ConverterConfig, MergeConverters
     from unidense_core.tiny import PIXART_XL_512, SD14_UNET
 
+    sd21 = SD21_BASE_UNET
     ex = ExchangeConfig.from_unet_config({**SD21_BASE_UNET, "has_masked_latent_input": True})
     vae = count(sd_vae)
     # (method, component, parameters, kind) with kind: "diffusion", "vae" or "text"
@@ -93,8 +94,9 @@ def main() -> None:
         ("JointNet", "2 x SD 2.1 UNet + exchange layers", 2 * count(lambda: build_branch(SD21_BASE_UNET, ex)), "d"),
         ("JointNet", "SD VAE", vae, "v"),
         ("JointNet", "OpenCLIP ViT-H text encoder", count(lambda: clip_text(1024, 24, 16)), "t"),
+        ("JointNet", "SD 2.1 UNet of the checkpoint (unused)", count(lambda: UNet2DConditionModel(**sd21)), "u"),
     ]
-    cpu_bytes = {"d": 4, "v": 4, "t": 2}
+    cpu_bytes = {"d": 4, "v": 4, "t": 2, "u": 4}  # "u": loaded by Load Checkpoint with CLIP + VAE, never sampled
     print(f"{'method':9} {'component':36} {'params':>9} {'GPU fp16':>9} {'CPU':>9}")
     totals: dict[str, list[float]] = {}
     for method, name, n, kind in rows:
@@ -103,7 +105,7 @@ def main() -> None:
         t = totals.setdefault(method, [0.0, 0.0, 0.0, 0.0])
         t[0] += gpu
         t[1] += cpu
-        if kind != "t":
+        if kind in ("d", "v"):
             t[2] += gpu  # what sampling needs on the GPU: diffusion model + VAE (the text encoder is offloaded)
             t[3] += cpu
     for method, (gpu, cpu, gpu_sampling, cpu_sampling) in totals.items():
