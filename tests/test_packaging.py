@@ -92,3 +92,36 @@ def test_editing_pair_marks_one_region_in_both_images():
     assert 0.05 < regenerate.mean() < 0.3 and np.array_equal(regenerate, depth[..., 1] == 0)
     assert np.array_equal(depth[..., 0], plain)
     assert plain.max() == 255 and plain.min() == 0  # near = white, min-max normalised
+
+
+def test_readme_claims_point_at_tests_and_benchmarks_that_exist():
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    table = readme.split("## What is checked where", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
+    assert len(rows) >= 20
+    for row in rows:
+        cell = row.rstrip(" |").rsplit(" | ", 1)[1]
+        current = None
+        refs = re.findall(r"`([^`]+)`", cell)
+        assert refs, row
+        for ref in refs:
+            for token in ref.split():
+                if token.startswith("benchmarks/"):
+                    assert os.path.isfile(os.path.join(ROOT, token)), token
+                    continue
+                m = re.fullmatch(r"(?:tests/)?(test_\w+\.py)(?:::(\w+))?|(test_\w+)", token)
+                if not m:
+                    continue
+                if m.group(1):
+                    current = m.group(1)
+                    name = m.group(2)
+                else:
+                    name = m.group(3)
+                path = os.path.join(ROOT, "tests", current)
+                assert os.path.isfile(path), token
+                if name:
+                    with open(path, encoding="utf-8") as f:
+                        assert re.search(rf"^def {name}\(", f.read(), re.M), f"{current}::{name} (README)"
