@@ -2,7 +2,8 @@
 
 It writes a folder in the official layout (unet/ + jointnet/, config.json + diffusion_pytorch_model.bin in fp32, as
 Apple ships them) for an SD2.1-base-shaped UNet with fewer channels (--scale of SD2.1's 320/640/1280/1280), then
-loads it in a fresh process and reads the kernel's peak RSS (VmHWM, reset after the imports). Peak RSS includes
+loads it in a fresh process and reads the kernel's peak RSS (VmHWM, reset after the imports), after loading and
+again after reading every weight once (memory-mapped weights are read lazily, on first use). Peak RSS includes
 file pages mapped from the weights files (reclaimable page cache); the anonymous peak (RssAnon, sampled every
 2 ms) is what cannot be reclaimed. Each ratio is (peak - RSS before loading) / (bytes of both weights files).
 
@@ -52,11 +53,13 @@ if comfy_path:
     folder_paths.add_model_folder_path("jointnet", os.path.dirname({folder!r}))
     loader = nodes.NODE_CLASS_MAPPINGS["UniDense_JointNetLoader"]
     load = lambda: loader.execute(os.path.basename({folder!r}), {dtype!r})[0]
+    modules = lambda m: [m.model] + [a.model for a in m.get_nested_additional_models()]
 else:
     import diffusers  # noqa: F401  imported before the baseline, as ComfyUI has it imported
     from unidense_core.jointnet.model import load_jointnet
     dtypes = {{"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}}
     load = lambda: load_jointnet({folder!r}, dtype=dtypes[{dtype!r}])
+    modules = lambda m: [m]
 
 peak_anon, done = [0], [False]
 def sample():
@@ -72,10 +75,13 @@ thread.start()
 t0 = time.perf_counter()
 model = load()
 seconds = time.perf_counter() - t0
+loaded = dict(status(), peak_anon=peak_anon[0])
+with torch.no_grad():  # read every weight once, as the first sampling step does (mapped pages are read lazily)
+    total = sum(float(p.float().sum()) for m in modules(model) for p in m.parameters())
 done[0] = True
 thread.join()
-after = status()
-print(json.dumps({{"before": before, "after": after, "peak_anon": peak_anon[0], "seconds": seconds}}))
+used = dict(status(), peak_anon=peak_anon[0])
+print(json.dumps({{"before": before, "loaded": loaded, "used": used, "seconds": seconds}}))
 """
 
 
@@ -140,14 +146,15 @@ def main() -> None:
         for name, comfy_path in runs:
             r = measure(folder, args.dtype, comfy_path)
             b = r["before"]
-            peak = (r["after"]["VmHWM"] - b["VmRSS"]) / weights
-            anon = (r["peak_anon"] - b["RssAnon"]) / weights
-            held = (r["after"]["VmRSS"] - b["VmRSS"]) / weights
-            print(
-                f"{name}: peak RSS {peak:.2f}x the weights' bytes (anonymous {anon:.2f}x), held after loading "
-                f"{held:.2f}x, {r['seconds']:.1f} s; at full size: peak {peak * full / 2**30:.1f} GiB "
-                f"(anonymous {anon * full / 2**30:.1f} GiB)"
-            )
+            print(f"{name} ({r['seconds']:.1f} s):")
+            for stage, label in (("loaded", "loading"), ("used", "loading + reading every weight once")):
+                peak = (r[stage]["VmHWM"] - b["VmRSS"]) / weights
+                anon = (r[stage]["peak_anon"] - b["RssAnon"]) / weights
+                held = (r[stage]["VmRSS"] - b["VmRSS"]) / weights
+                print(
+                    f"  {label}: peak RSS {peak:.2f}x the weights' bytes (anonymous {anon:.2f}x), held {held:.2f}x; "
+                    f"at full size: peak {peak * full / 2**30:.1f} GiB (anonymous {anon * full / 2**30:.1f} GiB)"
+                )
         if not comfy:
             print("set COMFYUI_PATH (and use ComfyUI's python) to measure the ComfyUI loader node too")
 
