@@ -111,7 +111,8 @@ def check_dmp(workdir: str) -> list[str]:
     unet.register_forward_hook(lambda m, a, o: calls.append(int(a[1])))
     vae = tiny_vae()
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3)) * 2 - 1
-    z_x = vae.encode(image).latent_dist.mode() * 0.18215
+    with torch.no_grad():
+        z_x = vae.encode(image).latent_dist.mode() * 0.18215
     fn = unet_velocity_fn(unet, text)
     z1 = sample_dmp(fn, z_x, steps=5)
     z2 = sample_dmp(fn, z_x, steps=5)
@@ -121,7 +122,8 @@ def check_dmp(workdir: str) -> list[str]:
         f"(max |diff| = {_maxdiff(z1, z2):g}: no noise, no seed)"
     )
     oracle = sample_dmp(fn, z_x, steps=5, variant="oracle")
-    depth = dmp_depth(vae.decode(z1 / 0.18215).sample / 2 + 0.5)
+    with torch.no_grad():
+        depth = dmp_depth(vae.decode(z1 / 0.18215).sample / 2 + 0.5)
     assert depth.shape == (1, 64, 64) and _maxdiff(oracle, z1) > 0
     done.append(
         f"the oracle variant differs from the standard one (max |diff| = {_maxdiff(oracle, z1):.3g}); "
