@@ -28,7 +28,7 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, forward_ti
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from torch import nn
 
-from ...unidense_core.io.checkpoints import CheckpointError
+from ...unidense_core.io.checkpoints import CheckpointError, load_weights
 from ...unidense_core.jointnet.config import check_unet_config, norm_settings
 from ...unidense_core.jointnet.model import (
     JOINTNET_SOURCE_HINT,
@@ -173,11 +173,11 @@ def convert_unet_state_dict(sd: dict[str, torch.Tensor], unet_config: dict, sour
 
 
 def _load_strict(module: nn.Module, sd: dict, source: str) -> None:
-    result = module.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing, unexpected = load_weights(module, sd)  # the file's tensors themselves where the dtype matches: no copy
+    if missing or unexpected:
         raise CheckpointError(
             f"{source}: the weights do not fill the model built from config.json (missing "
-            f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}). " + JOINTNET_SOURCE_HINT
+            f"{missing[:3]}, unexpected {unexpected[:3]}). " + JOINTNET_SOURCE_HINT
         )
 
 
@@ -205,7 +205,9 @@ def _branch_modules(files: BranchFiles, model_config, ops, dtype, unet: UNetMode
 
 
 def build_joint_model(files: JointNetFiles, name: str, dtype: torch.dtype | None = None):
-    """The JointNet MODEL: RGB BaseModel + depth branch patcher + joint DIFFUSION_MODEL wrapper + 8-ch latent."""
+    """The JointNet MODEL: RGB BaseModel + depth branch patcher + joint DIFFUSION_MODEL wrapper + 8-ch latent.
+
+    Consumes ``files``: each branch's state dict is released once its modules hold the weights."""
     source = f"'{files.rgb.weights_file}'"
     unet_config = ldm_unet_config(files.rgb.unet_config(), source)
     if ldm_unet_config(files.depth.unet_config(), f"'{files.depth.weights_file}'") != unet_config:
@@ -233,10 +235,12 @@ def build_joint_model(files: JointNetFiles, name: str, dtype: torch.dtype | None
     # 1. RGB branch: a stock SD2.x BaseModel (ε-prediction forced: get_model({}) skips the v-pred weight heuristic).
     base = model_config.get_model({}, "")
     _, rgb_exchange = _branch_modules(files.rgb, model_config, ops, dtype, base.diffusion_model)
+    files.rgb.release()  # one branch at a time: its state dict goes before the next one is loaded
     base.jointnet_exchange = rgb_exchange  # our fresh model: the RGB branch owns its exchange layers
     patcher = comfy.model_patcher.ModelPatcher(base.to(offload_device), load_device, offload_device)
     # 2. Depth branch: its own patcher, loaded and offloaded together with the RGB model.
     depth = DepthBranch(*_branch_modules(files.depth, model_config, ops, dtype)).to(offload_device)
+    files.depth.release()
     depth_patcher = comfy.model_patcher.ModelPatcher(depth, load_device, offload_device)
     info = JointNetInfo(name, files.has_masked_latent_input, files.rgb.exchange_config.in_channels)
     patcher.set_additional_models(KEY, [depth_patcher])

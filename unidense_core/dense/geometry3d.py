@@ -38,7 +38,8 @@ def require_trimesh():
     except ImportError as exc:
         raise ImportError(
             "Writing PLY/GLB files needs the 'trimesh' package, an optional dependency of UniDense. Install it into "
-            "ComfyUI's Python with `pip install trimesh` (or `pip install unidense[3d]`), then restart ComfyUI."
+            'ComfyUI\'s Python with `pip install trimesh` (or, in the UniDense folder, `pip install -e ".[3d]"`), '
+            "then restart ComfyUI."
         ) from exc
     return trimesh
 

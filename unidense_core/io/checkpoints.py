@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from collections.abc import Iterable, Mapping
 
 import torch
@@ -24,7 +25,13 @@ class CheckpointError(ValueError):
 
 
 def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a flat tensor dict from ``.safetensors`` (preferred) or a pickled ``.bin/.pt`` (weights only)."""
+    """Load a flat tensor dict from ``.safetensors`` (preferred) or a pickled ``.bin/.pt`` (weights only).
+
+    On the CPU both are memory-mapped, so reading costs no RAM until a tensor is used, and the pages that are read
+    are file cache the system can reclaim: safetensors maps its files itself; zip-format pickles (``torch.save``
+    since torch 1.6, e.g. diffusers' ``.bin``) are loaded with ``mmap=True``; older pickles are read into memory.
+    The mapping is private: writing into a tensor never changes the file.
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint file not found: '{path}'.")
@@ -41,7 +48,8 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
             ) from exc
     if path.endswith(PICKLE_SUFFIXES):
         try:
-            sd = torch.load(path, map_location=device, weights_only=True)
+            mmap = torch.device(device).type == "cpu" and zipfile.is_zipfile(path)
+            sd = torch.load(path, map_location=device, weights_only=True, mmap=mmap)
         except Exception as exc:  # torch raises many types for corrupt or unsafe pickles
             raise CheckpointError(
                 f"'{path}' could not be loaded as a weights-only PyTorch file ({type(exc).__name__}: {exc}). "
@@ -53,6 +61,19 @@ def load_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu")
             raise CheckpointError(f"'{path}' does not hold a flat dict of tensors; it is not a weights file.")
         return dict(sd)
     raise CheckpointError(f"'{path}' has an unknown extension; expected one of {SAFE_SUFFIXES + PICKLE_SUFFIXES}.")
+
+
+def load_weights(module: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    """Put ``state_dict`` into ``module`` without a second copy; return (missing keys, unexpected keys).
+
+    Each tensor is first cast to the dtype and device of the module's tensor of the same name (a no-op when they
+    already match), then assigned (``load_state_dict(assign=True)``): a module built with ``torch.empty`` weights
+    ends up holding the loaded tensors themselves, memory-mapped ones included, instead of copies of them.
+    """
+    own = module.state_dict(keep_vars=True)
+    cast = {k: v.to(device=own[k].device, dtype=own[k].dtype) if k in own else v for k, v in state_dict.items()}
+    result = module.load_state_dict(cast, strict=False, assign=True)
+    return list(result.missing_keys), list(result.unexpected_keys)
 
 
 def find_weights_file(folder: str | os.PathLike, stem: str = "diffusion_pytorch_model") -> str:

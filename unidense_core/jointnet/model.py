@@ -415,6 +415,11 @@ class BranchFiles:
         """The config as plain diffusers ``UNet2DConditionModel`` kwargs (JointNet-only keys removed)."""
         return {k: v for k, v in self.config.items() if not k.startswith("_") and k not in JOINTNET_CONFIG_KEYS}
 
+    def release(self) -> None:
+        """Drop this branch's tensors once they are in a module, so a cast copy or the file's mapping is not kept
+        alive beside the module's weights (loaders call it branch by branch)."""
+        self.unet_state_dict, self.exchange_state_dict = {}, {}
+
 
 @dataclass
 class JointNetFiles:
@@ -482,7 +487,10 @@ def read_branch(folder: str, name: str) -> BranchFiles:
 
 
 def read_jointnet_folder(path: str | os.PathLike) -> JointNetFiles:
-    """Read an official JointNet folder (``unet/`` = RGB, ``jointnet/`` = depth) without building any model."""
+    """Read an official JointNet folder (``unet/`` = RGB, ``jointnet/`` = depth) without building any model.
+
+    The weights are memory-mapped (:func:`load_state_dict`), so both branches are checked here, before anything is
+    built, at the cost of reading the keys only."""
     folder = find_jointnet_folder(path)
     rgb, depth = (read_branch(folder, b) for b in BRANCHES)
     if rgb.exchange_config.has_masked_latent_input != depth.exchange_config.has_masked_latent_input:
@@ -519,15 +527,21 @@ def build_branch(
 def load_jointnet(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> JointNetRGBD:
-    """Load an official JointNet folder (diffusers modules; needs diffusers)."""
+    """Load an official JointNet folder (diffusers modules; needs diffusers).
+
+    One branch at a time: its modules take the file's tensors (no copy), are cast to ``dtype`` and moved to
+    ``device``, then the branch's state dict is released, so at most one extra copy of one branch is alive.
+    """
     files = read_jointnet_folder(path)
+    dtype = dtype or next(iter(files.rgb.unet_state_dict.values())).dtype
     branches = []
     for b in (files.rgb, files.depth):
         sd = {**b.unet_state_dict, **b.exchange_state_dict}
-        branches.append(build_branch(b.unet_config(), b.exchange_config, sd, f"'{b.weights_file}'"))
-    model = JointNetRGBD(*branches)
-    first = next(iter(files.rgb.unet_state_dict.values()))
-    return model.to(device=device, dtype=dtype or first.dtype).eval()
+        branch = build_branch(b.unet_config(), b.exchange_config, sd, f"'{b.weights_file}'")
+        del sd
+        b.release()
+        branches.append(branch.to(device=device, dtype=dtype))
+    return JointNetRGBD(*branches).eval()
 
 
 def save_jointnet(model: JointNetRGBD, folder: str | os.PathLike, safe_serialization: bool = True) -> str:
