@@ -134,7 +134,10 @@ def env(comfy, tmp_path_factory, one_thread):
     lora_variant(loras, "nan", dmp_lora, edit=set_first("to_v_lora.up.weight", NAN))
     lora_variant(loras, "int", dmp_lora, edit=lambda sd: {k: (v * 100).to(torch.int32) for k, v in sd.items()})
     lora_variant(
-        loras, "rank0", dmp_lora, edit=lambda sd: {k: v[:0] if "down" in k else v[:, :0] for k, v in sd.items()}
+        loras,
+        "rank0",
+        dmp_lora,
+        edit=lambda sd: {k: v[:0] if k.endswith("down.weight") else v[:, :0] for k, v in sd.items()},
     )
     lora_variant(loras, "alpha_inf", dmp_lora, edit=add_alpha(torch.tensor(INF)))
     lora_variant(loras, "alpha_vector", dmp_lora, edit=add_alpha(torch.tensor([1.0, 2.0])))
