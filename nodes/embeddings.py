@@ -7,6 +7,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
+from ..unidense_core.io.checks import check_conditioning
 from ..unidense_core.io.prompt_embeddings import drop_padding, read_prompt_embedding, save_prompt_embedding
 from . import paths
 
@@ -29,24 +30,45 @@ class SavePromptEmbedding(io.ComfyNode):
                     "filename", default="pixart_t5_empty", tooltip="Name of the .safetensors file (no folders)."
                 ),
                 io.String.Input("prompt", default="", tooltip="The prompt it encodes, kept as metadata."),
+                io.Boolean.Input(
+                    "overwrite",
+                    default=False,
+                    tooltip="Off: a file of that name holding another embedding is an error (the same embedding is "
+                    "left as it is). On: replace it.",
+                ),
             ],
             outputs=[io.Conditioning.Output(display_name="conditioning", tooltip="The stored prompt embedding.")],
             is_output_node=True,
         )
 
     @classmethod
-    def execute(cls, conditioning, filename: str, prompt: str = "") -> io.NodeOutput:
-        name = filename.strip()
-        if not name or os.path.basename(name) != name or name.startswith("."):
-            raise ValueError(f"filename must be a plain file name without folders, got {filename!r}.")
+    def execute(cls, conditioning, filename: str, prompt: str = "", overwrite: bool = False) -> io.NodeOutput:
+        name = filename.strip() if isinstance(filename, str) else ""
+        if (
+            not name
+            or os.path.basename(name) != name
+            or name.startswith(".")
+            or any(c in name for c in '\\/:*?"<>|\0')
+            or len(name) > 200
+        ):
+            raise ValueError(
+                f'filename must be a plain file name (no folders, no \\/:*?"<>|, at most 200 characters), got '
+                f"{filename!r}."
+            )
         if not name.endswith(".safetensors"):
             name += ".safetensors"
+        check_conditioning(conditioning, "conditioning")
         if len(conditioning) != 1:
             raise ValueError(f"Save one conditioning at a time; this one has {len(conditioning)} entries.")
         folder = folder_paths.get_folder_paths(paths.EMBEDDINGS)[0]
         pooled = conditioning[0][1].get("pooled_output")  # FLUX: CLIP-L's pooled vector, needed with the T5 context
         save_prompt_embedding(
-            os.path.join(folder, name), conditioning[0][0], prompt=prompt, encoder="comfyui", pooled=pooled
+            os.path.join(folder, name),
+            conditioning[0][0],
+            prompt=prompt,
+            encoder="comfyui",
+            overwrite=overwrite,
+            pooled=pooled,
         )
         return io.NodeOutput(conditioning)
 

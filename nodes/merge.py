@@ -20,6 +20,7 @@ from ..unidense_core.dense.readout import (
     normalize_depth,
     resize_depth,
 )
+from ..unidense_core.io.checks import check_choice, check_conditioning, check_image, check_reference
 from ..unidense_core.io.resolution import check_multiple, classify_bin
 from ..unidense_core.merge.converters import ConverterConfig
 from ..unidense_core.merge.flux_converters import FluxConverterConfig, MergeFluxConverters
@@ -75,6 +76,7 @@ class LoadConverter(io.ComfyNode):
 
     @classmethod
     def execute(cls, converter_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
+        check_choice(weight_dtype, "weight_dtype", list(DTYPES))
         path = paths.full_path(paths.CONVERTERS, converter_name)
         # MERGE-L's 1.4 B parameters are built with ComfyUI's ops, so low-VRAM partial loading can stream them
         module = load_merge_converters(path, flux_operations=comfy.ops.disable_weight_init)
@@ -142,10 +144,8 @@ class ModeSwitch(io.ComfyNode):
     def execute(
         cls, model, converters: ConverterHandle, mode: str, latent_format: str = "pixart_alpha"
     ) -> io.NodeOutput:
-        if mode not in ("generate", "depth"):
-            raise ValueError(f"mode must be 'generate' or 'depth', got {mode!r}.")
-        if latent_format not in LATENT_FORMATS:
-            raise ValueError(f"latent_format must be one of {LATENT_FORMATS}, got {latent_format!r}.")
+        check_choice(mode, "mode", ["generate", "depth"])
+        check_choice(latent_format, "latent_format", LATENT_FORMATS)
         if not isinstance(converters, ConverterHandle):
             raise ValueError("converters must come from 'UniDense Load MERGE Converters'.")
         if isinstance(converters.patcher.model, MergeFluxConverters):  # MERGE-L on FLUX.1-dev
@@ -199,19 +199,28 @@ class MergeDepthConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, vae, image: torch.Tensor, resolution: str = "official_bins") -> io.NodeOutput:
-        if image.ndim != 4 or image.shape[-1] < 3:
-            raise ValueError(f"image must be an IMAGE [B,H,W,3], got shape {tuple(image.shape)}.")
+        check_conditioning(conditioning, "conditioning")
+        check_image(image, "image", channels=(3, 4))
+        check_choice(resolution, "resolution", ["official_bins", "native"])
+        for c in conditioning:
+            if c[0].shape[0] not in (1, image.shape[0]):
+                raise ValueError(
+                    f"conditioning has a batch of {c[0].shape[0]} prompts for {image.shape[0]} images; give one prompt "
+                    "(the empty prompt, as MERGE was trained) or one per image."
+                )
+        if getattr(vae, "latent_channels", 4) != 4:
+            raise ValueError(
+                f"vae gives {vae.latent_channels}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE "
+                "(sd-vae-ft-ema, or the SD 1.5 VAE)."
+            )
         h, w = image.shape[1:3]
+        pixels = image[..., :3]
         if resolution == "official_bins":
             th, tw = classify_bin(h, w)
-            pixels = image[..., :3]
             if (th, tw) != (h, w):
                 pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), tw, th, "lanczos", "disabled").movedim(1, -1)
-        elif resolution == "native":
-            check_multiple(h, w, 16, "image")
-            pixels = image[..., :3]
         else:
-            raise ValueError(f"resolution must be 'official_bins' or 'native', got {resolution!r}.")
+            check_multiple(h, w, 16, "image")
         raw = vae.encode(pixels)  # [B,4,h/8,w/8], unscaled
         if raw.shape[1] != 4:
             raise ValueError(
@@ -264,10 +273,11 @@ class DepthReadout(io.ComfyNode):
         normalize: str = "per_image",
         reference_image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        if decoded.ndim != 4 or decoded.shape[-1] < 3:
-            raise ValueError(f"decoded must be an IMAGE [B,H,W,3], got shape {tuple(decoded.shape)}.")
+        check_image(decoded, "decoded", channels=(3, 4))
+        check_choice(normalize, "normalize", NORMALIZE)
+        size = None if reference_image is None else check_reference(reference_image)
         depth = merge_depth_from_unit(decoded, channel_dim=-1)  # [B,H,W]
-        if reference_image is not None:
-            depth = resize_depth(depth, tuple(reference_image.shape[1:3]))
+        if size is not None:
+            depth = resize_depth(depth, size)
         shown = depth_to_display(normalize_depth(depth, normalize), near_is_low=True, near_white=near_white)
         return io.NodeOutput(shown, depth)

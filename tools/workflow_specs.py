@@ -126,7 +126,7 @@ SPECS = {
         (
             "save_empty",
             "UniDense_SavePromptEmbedding",
-            dict(filename="pixart_t5_empty", prompt=""),
+            dict(filename="pixart_t5_empty", prompt="", overwrite=False),
             dict(conditioning=("empty", 0)),
         ),
         (

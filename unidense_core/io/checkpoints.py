@@ -94,19 +94,43 @@ def find_weights_file(folder: str | os.PathLike, stem: str = "diffusion_pytorch_
     )
 
 
+MAX_JSON_BYTES = 16 * 2**20  # config files are kilobytes; a bigger one is not a config
+
+
+def _check_json_size(size: int, source: str) -> None:
+    if size > MAX_JSON_BYTES:
+        raise CheckpointError(
+            f"{source} is {size / 2**20:.0f} MiB; a config is a few kilobytes (limit {MAX_JSON_BYTES >> 20} MiB). "
+            "Replace it with the config.json of the model it belongs to."
+        )
+
+
+def parse_json(text: str | bytes, source: str) -> dict:
+    """A JSON object from ``text`` (a config file or a safetensors metadata entry), with errors naming ``source``."""
+    _check_json_size(len(text), source)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{source} is not valid JSON ({exc}). Replace it with the original file.") from exc
+    except RecursionError as exc:
+        raise CheckpointError(f"{source} is nested too deeply to be a config. Replace it with the original.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{source} should hold a JSON object, got a {type(data).__name__}.")
+    return data
+
+
 def load_json(path: str | os.PathLike) -> dict:
-    """Read a config.json, with an error that names the file."""
+    """Read a config.json (at most 16 MiB), with an error that names the file."""
     path = os.fspath(path)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        _check_json_size(os.path.getsize(path), f"'{path}'")  # before reading it
+        with open(path, "rb") as f:
+            text = f.read()
     except FileNotFoundError as exc:
         raise CheckpointError(f"Missing config file '{path}'.") from exc
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"'{path}' is not valid JSON ({exc}).") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"'{path}' should hold a JSON object.")
-    return data
+    except OSError as exc:
+        raise CheckpointError(f"Cannot read '{path}' ({exc}).") from exc
+    return parse_json(text, f"'{path}'")
 
 
 def _fmt(items: Iterable[str], limit: int = 5) -> str:
@@ -143,6 +167,21 @@ def check_state_dict(
     if hint:
         parts.append(hint)
     raise CheckpointError(" ".join(parts))
+
+
+def check_finite_weights(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` naming the tensors that hold NaN/±Inf (one of them makes every output NaN)."""
+    bad = []
+    for key, value in state_dict.items():
+        if value.is_floating_point():
+            n = int((~torch.isfinite(value)).sum())
+            if n:
+                bad.append(f"{key} ({n} of {value.numel()} values)")
+    if bad:
+        raise CheckpointError(
+            f"{source} has NaN/Inf weights in {len(bad)} tensor(s): {_fmt(bad, 3)}. The file is corrupt or was "
+            "saved from a diverged training run; download it again or use another checkpoint."
+        )
 
 
 def require_subfolder(root: str | os.PathLike, name: str, hint: str) -> str:
