@@ -105,7 +105,7 @@ MERGE_L_SPECS["merge_l_generate_then_depth"] = [
     (
         "save_empty",
         "UniDense_SavePromptEmbedding",
-        dict(filename="flux_clip_t5_empty", prompt=""),
+        dict(filename="flux_clip_t5_empty", prompt="", overwrite=False),
         dict(conditioning=("empty", 0)),
     ),
     *merge_l_depth_nodes(("gen_decode", 0), ("save_empty", 0))[:1],  # the converters, loaded once for both modes
