@@ -3,8 +3,6 @@
 Skipped (with the reason) unless $COMFYUI_PATH names a ComfyUI checkout; run with ComfyUI's own Python.
 """
 
-import time
-
 import pytest
 import torch
 
@@ -224,13 +222,17 @@ def test_readout_node(env):
     assert resized.shape == (2, 16, 12)
 
 
-def test_mode_switch_is_cheap(env):
+def test_mode_switch_shares_the_base_weights(env):
+    """ModeSwitch is cheap because it copies nothing: every clone, switched back and forth, points at the base's own
+    weight storage (no timing here; time and memory are measured in benchmarks/mode_switch.py)."""
     base = env["base"]
-    t0 = time.perf_counter()
-    for _ in range(20):
-        switch(env, base, "depth")
-    per_call = (time.perf_counter() - t0) / 20
-    assert per_call < 1.0  # generous sanity bound; the real figure is in benchmarks/merge_forward.py
+    ptrs = {k: v.data_ptr() for k, v in base.model.diffusion_model.state_dict().items()}
+    model = base
+    for mode in ("depth", "generate") * 10:
+        model = switch(env, model, mode)
+        assert model is not base and model.model is base.model
+    clone_ptrs = {k: v.data_ptr() for k, v in model.model.diffusion_model.state_dict().items()}
+    assert clone_ptrs == ptrs
 
 
 def test_stock_ksampler_reproduces_the_official_loop(env):
