@@ -184,7 +184,8 @@ def env(comfy, tmp_path_factory, one_thread):
         nan_model=comfy_sd.load_lora_for_models(sd15, None, nan_lora, 1.0, 0)[0],  # ComfyUI's loader takes the NaN
         latent={"samples": torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))},
     )
-    return E
+    yield E
+    E.clear()  # free the ModelPatchers while ComfyUI is alive (at interpreter exit their __del__ prints tracebacks)
 
 
 # ----------------------------------------------------------------------------------------------------------
