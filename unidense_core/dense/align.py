@@ -154,3 +154,60 @@ def apply_scale_shift(
     if space == "depth":
         return fitted
     return torch.where(fitted > 0, 1.0 / fitted, torch.inf)
+
+
+def align_dense(pred, ref, points: torch.Tensor | None = None, robust: bool = False, seed: int = 0):
+    """Fit ``pred`` (a :class:`~.maps.DenseMap`, e.g. MERGE's affine depth or JointNet's disparity) to ``ref`` (a
+    metric depth map, sparse metric points with ``points`` [B or 1,H,W] marking them, or another frame) and return
+    (the aligned DenseMap with ref's scale and units, scale [B], shift [B], the space fitted in).
+
+    Depth to depth and disparity to disparity fit ``scale·pred + shift ≈ ref``; a disparity to a (metric) depth
+    fits in disparity space, ``≈ 1/ref``, and returns depth ``1 / (scale·pred + shift)`` (Marigold's protocol).
+    Only pixels valid in both maps (and marked in ``points``) count; aligned depth or disparity ≤ 0 is marked invalid
+    and set to 0 when the reference is metric or scale-known.
+    """
+    if pred.kind == "normals" or ref.kind == "normals":
+        raise ValueError("Normals have no scale and shift to fit; align depth or disparity maps.")
+    if ref.size != pred.size:
+        raise ValueError(
+            f"The reference is {ref.size[1]}×{ref.size[0]} but the prediction {pred.size[1]}×{pred.size[0]}. Resize "
+            "the reference (or the prediction's reference_image) so both have the same size."
+        )
+    if ref.batch_size not in (1, pred.batch_size):
+        raise ValueError(f"The reference has {ref.batch_size} maps for {pred.batch_size} predictions; give 1 or B.")
+    if pred.kind == "depth" and ref.kind == "disparity":
+        raise ValueError(
+            "A depth prediction cannot be fitted to a disparity reference (an affine depth has no inverse). Give a "
+            "depth reference, or align a disparity prediction."
+        )
+    cross = pred.kind == "disparity" and ref.kind == "depth"
+    if cross and ref.scale == "affine":
+        raise ValueError(
+            "Fitting a disparity to a depth reference goes through 1/depth, which needs a reference with a known "
+            "zero (metric or scale-only depth), not an affine-invariant one."
+        )
+    mask = pred.valid_mask() & ref.valid_mask()
+    if points is not None:
+        if points.ndim == 2:
+            points = points[None]
+        if tuple(points.shape[1:]) != pred.size or points.shape[0] not in (1, pred.batch_size):
+            raise ValueError(
+                f"The points mask is {tuple(points.shape)} but the prediction is {pred.batch_size}×{pred.size[0]}×"
+                f"{pred.size[1]} [B,H,W]; give a mask of the same size (batch 1 or B)."
+            )
+        mask = mask & (points.to(mask.device) > 0.5)
+    space = "disparity" if cross else "depth"
+    scale, shift = fit_scale_shift(pred.values, ref.values, mask, space, robust, seed)
+    out = apply_scale_shift(pred.values.float(), scale.to(pred.values.device), shift.to(pred.values.device), space)
+    valid = pred.valid_mask()
+    if ref.scale != "affine":
+        valid = valid & torch.isfinite(out) & (out > 0)
+        out = torch.where(valid, out, torch.zeros_like(out))
+    aligned = pred.replace(
+        values=out,
+        kind="depth" if cross else pred.kind,
+        scale=ref.scale,
+        units=ref.units,
+        valid=None if bool(valid.all()) else valid,
+    )
+    return aligned, scale, shift, space

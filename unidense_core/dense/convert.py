@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from ..io.checks import check_finite
+from ..io.resolution import resize_image
 from .maps import NORMAL_CONVENTIONS, DenseMap
 
 # method -> what its read-out gives (the DenseMap's kind and scale, set in :func:`dense_from_decoded`).
@@ -61,17 +62,29 @@ def decoded_unit(decoded: torch.Tensor) -> torch.Tensor:
 
 
 def dense_from_decoded(
-    unit: torch.Tensor, method: str, target_scale: float = 0.0, convention: str = "opengl"
+    unit: torch.Tensor,
+    method: str,
+    target_scale: float = 0.0,
+    convention: str = "opengl",
+    size: tuple[int, int] | None = None,
 ) -> DenseMap:
     """The official read-out of ``method`` (:data:`METHODS`) on an unclamped decode ``unit`` [B,H,W,C] (C ≥ 3) ->
     a DenseMap that says what it holds. Nothing is clamped: DMP depth ≤ 0 (the official read-out clamps it to 0) is
-    kept and marked invalid."""
+    kept and marked invalid. ``size`` (H, W): resize back first, as the official pipelines (MERGE bilinear, DMP
+    bicubic; the read-outs are linear, so resizing before or after them is the same)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}.")
     if unit.ndim != 4 or unit.shape[-1] < 3:
         raise ValueError(f"Expected a decoded image [B,H,W,3], got shape {tuple(unit.shape)}.")
     check_finite(unit, "the decoded prediction", "BHWC")
     rgb = unit[..., :3].float()
+    if size is not None and tuple(size) != tuple(rgb.shape[1:3]):
+        chw = rgb.movedim(-1, 1)
+        if method.startswith("dmp"):  # bicubic (antialiased when shrinking), as the DMP read-out nodes
+            chw = resize_image(chw, tuple(size), "bicubic")
+        else:  # bilinear, align_corners=False, as the official MERGE pipeline (readout.resize_depth)
+            chw = torch.nn.functional.interpolate(chw, size=tuple(size), mode="bilinear", align_corners=False)
+        rgb = chw.movedim(1, -1)
     if method in ("merge-b", "merge-l"):
         return DenseMap(rgb.mean(dim=-1), "depth", "affine", source=method)
     if method == "jointnet":
