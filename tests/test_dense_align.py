@@ -75,3 +75,65 @@ def test_one_reference_for_a_batch():
 def test_bad_alignment_inputs(kw, match):
     with pytest.raises(ValueError, match=match):
         fit_scale_shift(**kw)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# align_dense: DenseMaps in, a map with the reference's meaning out
+
+
+def test_align_dense_affine_depth_becomes_metric():
+    from unidense_core.dense.align import align_dense
+    from unidense_core.dense.maps import DenseMap
+
+    pred = DenseMap(_pred(2), "depth", source="merge-b")
+    ref = DenseMap(pred.values * 7.0 + 0.25, "depth", "metric", "m", source="lidar")
+    out, s, t, space = align_dense(pred, ref)
+    assert (out.kind, out.scale, out.units, out.source, space) == ("depth", "metric", "m", "merge-b", "depth")
+    torch.testing.assert_close(out.values, ref.values, rtol=0, atol=1e-5)
+    torch.testing.assert_close(s, torch.full((2,), 7.0), rtol=0, atol=1e-5)
+
+
+def test_align_dense_disparity_to_metric_depth_in_disparity_space():
+    from unidense_core.dense.align import align_dense
+    from unidense_core.dense.maps import DenseMap
+
+    disp = DenseMap(_pred(1), "disparity", source="jointnet")
+    metric = 1.0 / (2.0 * disp.values + 0.1)
+    valid = torch.ones_like(metric, dtype=torch.bool)
+    valid[0, :2] = False  # rows without a measurement: ignored by the fit
+    ref = DenseMap(torch.where(valid, metric, torch.zeros_like(metric)), "depth", "metric", "m", valid=valid)
+    out, s, t, space = align_dense(disp, ref)
+    assert space == "disparity" and out.kind == "depth" and out.units == "m"
+    assert abs(float(s) - 2.0) < 1e-5 and abs(float(t) - 0.1) < 1e-5
+    torch.testing.assert_close(out.values, metric, rtol=1e-5, atol=0)  # the unmeasured rows are predicted too
+
+
+def test_align_dense_marks_non_positive_metric_depth_invalid():
+    from unidense_core.dense.align import align_dense
+    from unidense_core.dense.maps import DenseMap
+
+    pred = DenseMap(torch.tensor([[[0.0, 1.0, 2.0, 3.0]]]), "depth")
+    ref = DenseMap(torch.tensor([[[-1.0, 1.0, 3.0, 5.0]]]), "depth", "metric", "m")  # 2·pred − 1: first is −1 m
+    out, *_ = align_dense(pred, ref)
+    assert out.valid.tolist() == [[[False, True, True, True]]] and out.values[0, 0, 0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "pred_kw, ref_kw, points, match",
+    [
+        (dict(kind="depth"), dict(kind="depth", size=(4, 6)), None, "reference is 6×4"),
+        (dict(kind="depth"), dict(kind="disparity"), None, "cannot be fitted to a disparity"),
+        (dict(kind="disparity"), dict(kind="depth"), None, "known zero"),
+        (dict(kind="depth"), dict(kind="depth", scale="metric", units="m"), torch.ones(1, 4, 4), r"points mask"),
+        (dict(kind="depth"), dict(kind="depth", scale="metric", units="m"), torch.zeros(1, 4, 5), "0 valid point"),
+    ],
+)
+def test_align_dense_refuses(pred_kw, ref_kw, points, match):
+    from unidense_core.dense.align import align_dense
+    from unidense_core.dense.maps import DenseMap
+
+    def make(kind, size=(4, 5), **kw):
+        return DenseMap(torch.rand(1, *size) + 0.1, kind, **kw)
+
+    with pytest.raises(ValueError, match=match):
+        align_dense(make(**pred_kw), make(**ref_kw), points)
