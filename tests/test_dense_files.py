@@ -77,3 +77,34 @@ def test_png16_refuses_to_clip(tmp_path):
     n = DenseMap(torch.nn.functional.normalize(torch.randn(1, 2, 2, 3), dim=-1), "normals", convention="opengl")
     with pytest.raises(ValueError, match="save normals as EXR or npy"):
         save_dense(n, 0, str(tmp_path / "n.png"), "png16")
+
+
+def test_align_example_reference_is_shipped_and_aligns_the_room():
+    """workflows/input/room_depth_points.exr is what tools/example_images.py makes; an affine depth of the room fitted
+    to its 256 sparse points is the room's metric depth again (the dense_depth_align_point_cloud workflow's chain)."""
+    import json
+    import os
+    import sys
+
+    from unidense_core.dense.align import align_dense
+    from unidense_core.io.exr import read_exr
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "tools"))
+    import example_images
+
+    shipped, _, attrs = read_exr(os.path.join(root, "workflows/input/room_depth_points.exr"))
+    expected = example_images.room_reference()
+    assert np.array_equal(_bits(shipped), _bits(expected)) and attrs["unidense:units"] == "m"
+    assert int((shipped > 0).sum()) == 16 * 16
+    _, distance = example_images.room_scene()
+    z = torch.from_numpy(distance / np.linalg.norm(example_images._rays(512, 512), axis=-1)).float()[None]
+    affine = DenseMap((z - 1.0) / 5.0, "depth", source="merge-b")  # an affine-invariant depth of the room
+    ref = torch.from_numpy(shipped)[None]
+    points = DenseMap(ref, "depth", "metric", "m", valid=ref > 0)
+    metric, scale, shift, _ = align_dense(affine, points)
+    assert abs(float(scale) - 5.0) < 1e-4 and abs(float(shift) - 1.0) < 1e-4
+    torch.testing.assert_close(metric.values, z, rtol=1e-5, atol=1e-5)
+    with open(os.path.join(root, "workflows/dense_depth_align_point_cloud.json"), encoding="utf-8") as f:
+        types = [n["type"] for n in json.load(f)["nodes"]]
+    assert {"UniDense_DenseDecode", "UniDense_LoadDense", "UniDense_DenseAlign", "UniDense_SaveRGBD3D"} <= set(types)
