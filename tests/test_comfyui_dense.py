@@ -66,6 +66,22 @@ def test_decode_keeps_values_that_vae_decode_clamps(comfy, vae):
     assert not hasattr(vae, "_unidense") and vae.process_output(torch.tensor([3.0])).item() == 1.0  # input intact
 
 
+def test_merge_l_decodes_a_flux_latent_unclamped(comfy):
+    from comfy_tiny import comfy_flux_vae
+
+    flux_vae = comfy_flux_vae(comfy)
+    with torch.no_grad():
+        flux_vae.first_stage_model.decoder.conv_out.weight.mul_(25.0)
+    latent = _latent(2, b=1, c=16)
+    dense = comfy.node("UniDense_DenseDecode").execute(flux_vae, latent, "merge-l").args[0]
+    with torch.no_grad():
+        raw = flux_vae.first_stage_model.decode(latent["samples"]).float().movedim(1, -1) / 2 + 0.5
+    assert float(raw.max()) > 1.0 and dense.source == "merge-l"
+    torch.testing.assert_close(dense.values, raw.mean(-1), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="latent has 4 channels but the vae decodes 16"):
+        comfy.node("UniDense_DenseDecode").execute(flux_vae, _latent(), "merge-l")
+
+
 def test_decode_resizes_back_to_the_reference(comfy, vae):
     dense = comfy.node("UniDense_DenseDecode").execute(vae, _latent(1), "dmp-normals", 0.0, "directx",
                                                        torch.rand(1, 40, 50, 3)).args[0]  # fmt: skip
