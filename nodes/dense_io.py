@@ -12,7 +12,7 @@ from comfy_api.latest import io, ui
 from ..unidense_core.dense.convert import RANGES
 from ..unidense_core.dense.files import FORMATS, PNG_KEY, png_ranges, save_dense
 from ..unidense_core.dense.maps import NORMAL_CONVENTIONS, SCALES, DenseMap
-from ..unidense_core.io.checks import check_choice, check_number
+from ..unidense_core.io.checks import check_choice, check_finite, check_number
 from ..unidense_core.io.exr import read_exr
 from .dense import _save_path
 from .dense_maps import CATEGORY, _check_dense
@@ -147,6 +147,8 @@ class LoadDense(io.ComfyNode):
         if values.ndim != 2 or not np.issubdtype(values.dtype, np.floating):
             raise ValueError(f"file {file!r} holds {values.dtype} {values.shape}; expected a float [H,W] map.")
         t = torch.from_numpy(values.astype(np.float32))[None]
+        if not zero_is_invalid:  # every pixel counts: say where a non-finite one is (H, W of the file)
+            check_finite(t if valid is None else torch.where(valid, t, 0.0), f"file {file!r}", "BHW")
         kind, scale = meta.get("kind", kind), meta.get("scale", scale)
         units = meta.get("units", units if scale == "metric" else "")
         if zero_is_invalid:

@@ -144,7 +144,7 @@ CASES = [
     Case("LoadDense", "int npy", lambda: node("LoadDense").execute("int.npy"), r"holds int32 .* expected a float"),
     Case("LoadDense", "rgb npy", lambda: node("LoadDense").execute("rgb.npy"), r"expected a float \[H,W\] map"),
     Case("LoadDense", "NaN npy, zeros valid", lambda: node("LoadDense").execute("nan.npy", zero_is_invalid=False),
-         r"depth values has 1 non-finite"),
+         r"file 'nan.npy' has 1 non-finite.*B=0, H=1, W=2"),
     Case("SaveRGBD3D", "dense and depth", rgbd3d(d=lambda: metric(), depth=torch.rand(1, 6, 8, 3)), r"exactly one"),
     Case("SaveRGBD3D", "neither", rgbd3d(), r"exactly one"),
     Case("SaveRGBD3D", "dense disparity", rgbd3d(d=lambda: dense("disparity")), r"needs depth.*Align"),

@@ -6,7 +6,7 @@ values mean where the format allows (EXR header attributes, a PNG text chunk).
 * ``.npy``: the raw float32 array ([H,W] or [H,W,3]), nothing else (NumPy's own format, ``np.load`` reads it).
 * 16-bit PNG: one channel, ``round((v − low) / (high − low) · 65535)``; low/high and the meaning go into an
   ``unidense`` text chunk, so :func:`read_png16` gives the values back within (high − low) / 65535 / 2. Values outside
-  a fixed range are refused rather than clipped.
+  a fixed range are refused rather than clipped; invalid pixels are written as code 0 (use EXR to keep the mask).
 
 Normals are written in the convention asked for (OpenGL y up or DirectX y down).
 """
