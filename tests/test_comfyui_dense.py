@@ -182,3 +182,23 @@ def test_point_cloud_from_dense_states_its_camera(comfy, DenseMap, output_dir):
         node.execute(image, torch.rand(1, h, w, 3), **args)
     with pytest.raises(ValueError, match="needs depth"):
         node.execute(image, None, **dict(args, dense=d.replace(kind="disparity", scale="affine", units="")))
+
+
+def test_valid_edges_give_finite_outputs(comfy, DenseMap, output_dir):
+    """A 1×1 map, a constant map and a map with one valid pixel go through every conversion and file finitely."""
+    maps = [
+        DenseMap(torch.full((1, 1, 1), 2.0), "depth", "metric", "m"),
+        DenseMap(torch.full((2, 3, 4), 0.5), "disparity"),
+        DenseMap(torch.rand(1, 3, 4), "depth", valid=torch.zeros(1, 3, 4, dtype=torch.bool).index_fill_(1,
+                 torch.tensor([1]), True)),
+    ]  # fmt: skip
+    for i, d in enumerate(maps):
+        for rng in ("per_image", "per_batch"):
+            image, values, valid = comfy.node("UniDense_DenseToImage").execute(d, rng, 0.0, 1.0).args
+            colour = comfy.node("UniDense_DenseColorize").execute(d, "turbo", rng, 0.0, 1.0).args[0]
+            assert all(torch.isfinite(t).all() for t in (image, values, valid, colour))
+            assert float(image.min()) >= 0 and float(image.max()) <= 1
+        for fmt in ("exr", "npy", "png16"):
+            comfy.node("UniDense_SaveDense").execute(d, fmt, "opengl", "per_image", 0.0, 1.0, f"edge/{i}")
+    values, _ = read_png16(os.path.join(output_dir, "edge/1_00005_.png"))  # a constant map keeps its value
+    assert (values == 0.5).all()
