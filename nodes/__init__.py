@@ -6,6 +6,8 @@ from comfy_api.latest import io
 
 from . import compat, paths
 from .dense import SaveDepth16, SaveRGBD3D
+from .dense_io import NODES as DENSE_IO_NODES
+from .dense_maps import NODES as DENSE_MAP_NODES
 from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
 from .jointnet import NODES as JOINTNET_NODES
@@ -36,6 +38,9 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     CircularVAEEncode,
     SaveRGBD3D,
     SaveDepth16,
+    # Dense outputs (issue 11): unclamped decode -> DENSE, conversions, alignment, files
+    *DENSE_MAP_NODES,
+    *DENSE_IO_NODES,
     # The official DDIM of the pipelines (JointNet, SD) as SIGMAS + SAMPLER and a KSampler-like node
     *SAMPLING_NODES,
 ]

@@ -59,6 +59,7 @@ REQUIRED: tuple[str, ...] = (
     "comfy_api.latest.io.Sigmas.Output",
     "comfy_api.latest.ui.SavedResult",
     "comfy_api.latest.ui.SavedImages",
+    "comfy_api.latest.ui.PreviewText",
     # model folders and node helpers
     "folder_paths.models_dir",
     "folder_paths.folder_names_and_paths",
@@ -69,6 +70,7 @@ REQUIRED: tuple[str, ...] = (
     "folder_paths.get_filename_list",
     "folder_paths.get_full_path",
     "folder_paths.get_output_directory",
+    "folder_paths.get_input_directory",
     "folder_paths.get_save_image_path",
     "node_helpers.conditioning_set_values",
     "latent_preview.prepare_callback",

@@ -13,15 +13,18 @@ from comfy_api.latest import io, ui
 from ..unidense_core.dense.geometry3d import (
     DEPTH_KINDS,
     FORMATS,
+    camera_model,
     check_geometry,
     depth_from_map,
     require_trimesh,
     rgbd_to_geometry,
     save_geometry,
 )
+from ..unidense_core.dense.maps import DenseMap
 from ..unidense_core.dense.readout import quantile_normalize as quantile_norm
 from ..unidense_core.dense.readout import resize_depth, save_depth_png16
 from ..unidense_core.io.checks import check_choice, check_image, check_mask
+from .types import Dense
 
 PROJECTIONS = {  # node choice -> (projection, span)
     "perspective": ("perspective", 360.0),
@@ -47,6 +50,28 @@ def _save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[s
     return full_dir, name, counter, subfolder
 
 
+def _dense_depth(dense: object, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A DENSE depth map for 3D: (depth [B,H,W], valid [B,H,W]); values ≤ 0 are invalid (no point behind the camera)."""
+    if not isinstance(dense, DenseMap):
+        raise ValueError(f"dense must be a DENSE map, got {type(dense).__name__}.")
+    if dense.kind != "depth":
+        raise ValueError(
+            f"dense holds {dense.kind}; a point cloud needs depth. Align a disparity to a metric depth reference "
+            "first (UniDense Align Depth), which gives depth."
+        )
+    if dense.size != tuple(image.shape[1:3]):
+        raise ValueError(
+            f"dense is {dense.size[1]}×{dense.size[0]} but image {image.shape[2]}×{image.shape[1]}; decode with "
+            "reference_image set to this image, or resize the image."
+        )
+    if dense.batch_size not in (1, image.shape[0]):
+        raise ValueError(f"dense has {dense.batch_size} maps for {image.shape[0]} colour images.")
+    valid = dense.valid_mask() & (dense.values > 0)
+    if not bool(valid.flatten(1).any(dim=1).all()):
+        raise ValueError("A dense map has no valid positive depth at all; nothing to put in 3D.")
+    return torch.where(valid, dense.values.float(), torch.ones_like(dense.values)), valid
+
+
 class SaveRGBD3D(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -55,14 +80,17 @@ class SaveRGBD3D(io.ComfyNode):
             display_name="UniDense Save RGB-D as 3D (PLY/GLB)",
             category="UniDense/3D",
             description="Turn an image and its depth (e.g. a JointNet RGB-D panorama) into a coloured point cloud "
-            "(PLY/GLB) or mesh (GLB/PLY) in the output folder. Connect model_file to core 'Preview 3D' to look at "
-            "it (the viewer opens GLB). Needs the 'trimesh' package.",
+            "(PLY/GLB) or mesh (GLB/PLY) in the output folder; or a DENSE metric/aligned depth, whose units the points "
+            "keep. The camera model (perspective: pinhole with fx, fy, cx, cy from fov) and what the depth was are "
+            "written into the file (glTF asset.extras, PLY comments). Connect model_file to core 'Preview 3D' to look "
+            "at it (the viewer opens GLB). Needs the 'trimesh' package.",
             inputs=[
                 io.Image.Input("image", tooltip="The colours [B,H,W,3]."),
                 io.Image.Input(
                     "depth",
+                    optional=True,
                     tooltip="Depth or disparity as an image; channel 0 is used (the JointNet read-out). Resized to "
-                    "the image if needed.",
+                    "the image if needed. Or connect dense instead.",
                 ),
                 io.Combo.Input(
                     "projection",
@@ -120,6 +148,12 @@ class SaveRGBD3D(io.ComfyNode):
                     "object edges); 0 = keep all (official pano2mesh).",
                 ),
                 io.String.Input("filename_prefix", default="unidense/rgbd", tooltip="Output subfolder/name prefix."),
+                Dense.Input(
+                    "dense",
+                    optional=True,
+                    tooltip="Instead of depth: a DENSE depth map (metric, or aligned with Align Depth), used as it is "
+                    "(depth_kind, scale and shift are not applied; invalid pixels make no point). Same size as image.",
+                ),
             ],
             outputs=[
                 io.String.Output(
@@ -134,35 +168,50 @@ class SaveRGBD3D(io.ComfyNode):
     def execute(
         cls,
         image: torch.Tensor,
-        depth: torch.Tensor,
-        projection: str,
-        depth_kind: str,
-        format: str,  # noqa: A002  (the input's name)
-        scale: float,
-        shift: float,
-        fov: float,
-        step: int,
-        max_depth_ratio: float,
-        filename_prefix: str,
+        depth: torch.Tensor | None = None,
+        projection: str = "cylindrical_360",
+        depth_kind: str = "disparity",
+        format: str = "glb_mesh",  # noqa: A002  (the input's name)
+        scale: float = 1.0,
+        shift: float = 0.05,
+        fov: float = 60.0,
+        step: int = 1,
+        max_depth_ratio: float = 0.0,
+        filename_prefix: str = "unidense/rgbd",
+        dense=None,
     ) -> io.NodeOutput:
         require_trimesh()  # fail before any work when the optional dependency is missing
         check_choice(projection, "projection", list(PROJECTIONS))
         check_choice(depth_kind, "depth_kind", list(DEPTH_KINDS))
         check_choice(format, "format", list(FORMATS))
         check_image(image, "image", channels=(3, 4))
-        check_image(depth, "depth")
         for name, value in (("scale", scale), ("shift", shift), ("fov", fov), ("max_depth_ratio", max_depth_ratio)):
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value!r}.")
-        if depth.shape[0] not in (1, image.shape[0]):
-            raise ValueError(f"depth has {depth.shape[0]} images for {image.shape[0]} colour images.")
+        if (depth is None) == (dense is None):
+            raise ValueError("Connect either depth (an IMAGE) or dense (a DENSE depth map), exactly one of them.")
         proj, span = PROJECTIONS[projection]
-        values = resize_depth(depth[..., 0].float(), tuple(image.shape[1:3]))  # [B,H,W]
+        height, width = image.shape[1:3]
+        extras = {"camera": camera_model(proj, width, height, fov, span)}
+        if dense is not None:
+            values, valid = _dense_depth(dense, image)
+            extras["depth"] = dense.describe()
+        else:
+            check_image(depth, "depth")
+            if depth.shape[0] not in (1, image.shape[0]):
+                raise ValueError(f"depth has {depth.shape[0]} images for {image.shape[0]} colour images.")
+            values, valid = resize_depth(depth[..., 0].float(), (height, width)), None  # [B,H,W]
+            inverse = "1/" if depth_kind == "disparity" else ""
+            extras["depth"] = f"{depth_kind} image v, depth = {inverse}(v·{scale:g} + {shift:g})"
         # 1. All geometry first, checked as the viewer needs it: a bad input writes no file at all.
         geometries = []
         for i in range(image.shape[0]):
-            d = depth_from_map(values[min(i, values.shape[0] - 1)], depth_kind, scale, shift)
-            geometry = rgbd_to_geometry(image[i], d, proj, fov, span, step, max_depth_ratio)
+            j = min(i, values.shape[0] - 1)
+            if dense is not None:
+                d, keep = values[j], valid[j]
+            else:
+                d, keep = depth_from_map(values[j], depth_kind, scale, shift), None
+            geometry = rgbd_to_geometry(image[i], d, proj, fov, span, step, max_depth_ratio, keep)
             check_geometry(*geometry, format)
             geometries.append(geometry)
         # 2. The files.
@@ -171,7 +220,7 @@ class SaveRGBD3D(io.ComfyNode):
         results, files = [], []
         for vertices, colors, faces in geometries:
             filename = f"{name}_{counter:05}_.{ext}"
-            save_geometry(os.path.join(full_dir, filename), vertices, colors, faces, format)
+            save_geometry(os.path.join(full_dir, filename), vertices, colors, faces, format, extras)
             results.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
             files.append(f"{subfolder}/{filename}" if subfolder else filename)
             counter += 1

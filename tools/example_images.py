@@ -1,6 +1,6 @@
 """Make the example input images the workflows load, and the pack's icon, from code (no photos, nothing downloaded).
 
-    python tools/example_images.py          # writes workflows/input/*.png and icon.png
+    python tools/example_images.py          # writes workflows/input/*.png, room_depth_points.exr and icon.png
 
 The scene is a synthetic room ray-cast with numpy: a box-shaped room (back wall with a framed "mountain"
 picture, side walls, floor, ceiling) and a table, seen by a pinhole camera with a 60° horizontal field of view.
@@ -13,12 +13,14 @@ output (mask = 1 - alpha), so that region has mask 1 = regenerate.
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INPUT_DIR = os.path.join(ROOT, "workflows", "input")
+REFERENCE = "room_depth_points.exr"  # sparse metric depth of room.png (float32 EXR), the Align Depth example's input
 
 # name -> (colour RGB 0..255); the room is x in [-2, 2], y in [-1.2, 1.4] (floor, ceiling), z in [-6, 1] (back wall
 # at z = -6); the camera sits at the origin looking down -z.
@@ -131,6 +133,16 @@ def panorama_depth(width: int = 1024, height: int = 256) -> np.ndarray:
     return disparity_image(distance)
 
 
+def room_reference(width: int = 512, height: int = 512, every: int = 32) -> np.ndarray:
+    """Sparse metric z-depth of the room in metres (float32 [H, W]) at every ``every``-th pixel centre and 0 (no
+    measurement) elsewhere, as a depth sensor gives it: the reference of the Align Depth example."""
+    _, distance = room_scene(width, height)
+    z = distance / np.linalg.norm(_rays(width, height), axis=-1)  # along the ray -> along -z (pinhole, 60° fov)
+    out = np.zeros((height, width), dtype=np.float32)
+    out[every // 2 :: every, every // 2 :: every] = z[every // 2 :: every, every // 2 :: every]
+    return out
+
+
 def icon(size: int = 128) -> np.ndarray:
     """The pack's icon (RGB uint8): one disc, colour on the left half, its depth in grey on the right."""
     rgb, distance = room_scene(size, size)
@@ -164,6 +176,14 @@ def main() -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         image.save(path, optimize=True)
         print(f"{rel}: {image.size[0]}x{image.size[1]} {image.mode}, {os.path.getsize(path) / 1024:.1f} KB")
+    sys.path.insert(0, ROOT)
+    from unidense_core.io.exr import write_exr
+
+    meta = {"kind": "depth", "scale": "metric", "units": "m", "source": "synthetic sensor"}
+    path = write_exr(
+        os.path.join(INPUT_DIR, REFERENCE), room_reference(), {f"unidense:{k}": v for k, v in meta.items()}
+    )
+    print(f"workflows/input/{REFERENCE}: sparse metric depth, {os.path.getsize(path) / 1024:.1f} KB")
 
 
 if __name__ == "__main__":

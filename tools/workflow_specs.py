@@ -516,3 +516,10 @@ from workflow_specs_merge_l import MERGE_L_NOTES, MERGE_L_SPECS  # noqa: E402
 
 SPECS.update(MERGE_L_SPECS)
 NOTES.update(MERGE_L_NOTES)
+
+# DENSE outputs (issue 11): depth -> aligned metric depth -> point cloud; its own file
+from workflow_specs_dense import dense_specs  # noqa: E402
+
+_DENSE_SPECS, _DENSE_NOTES = dense_specs(dmp_nodes, DMP_DEPTH)
+SPECS.update(_DENSE_SPECS)
+NOTES.update(_DENSE_NOTES)

@@ -18,6 +18,7 @@ wrong silently — and reads them back for the tests.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 
@@ -147,9 +148,11 @@ def rgbd_to_geometry(
     span: float = 360.0,
     step: int = 1,
     max_ratio: float = 0.0,
+    valid: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[H, W, 3] colours in [0, 1] and [H, W] depth -> (vertices [N, 3] float32, colours [N, 3] uint8,
-    faces [F, 3] int64). ``step`` > 1 averages step×step pixel blocks first (smaller files)."""
+    faces [F, 3] int64). ``step`` > 1 averages step×step pixel blocks first (smaller files). ``valid`` [H, W] bool:
+    pixels without a value make no vertex and no triangle (a block counts only when all its pixels are valid)."""
     if rgb.ndim != 3 or rgb.shape[-1] < 3:
         raise ValueError(f"rgb must be [H, W, 3], got {tuple(rgb.shape)}.")
     if depth.shape != rgb.shape[:2]:
@@ -157,6 +160,10 @@ def rgbd_to_geometry(
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}.")
     check_finite(rgb, "rgb", "HWC")
+    if valid is not None:
+        if valid.shape != depth.shape:
+            raise ValueError(f"valid {tuple(valid.shape)} and depth {tuple(depth.shape)} must have the same size.")
+        depth = torch.where(valid, depth, torch.ones_like(depth))  # placeholders, dropped below
     check_finite(depth, "depth", "HW")
     height, width = depth.shape
     check_projection(height, width, projection, span)
@@ -166,11 +173,43 @@ def rgbd_to_geometry(
         pool = torch.nn.functional.avg_pool2d
         rgb = pool(rgb[..., :3].permute(2, 0, 1)[None].double(), step)[0].permute(1, 2, 0)
         depth = pool(depth[None, None].double(), step)[0, 0]
+        if valid is not None:
+            valid = -torch.nn.functional.max_pool2d(-valid[None, None].double(), step)[0, 0] > 0.5
     points = unproject(depth, projection, fov, span)  # [h,w,3]
     wrap = projection == "equirectangular" or (projection == "cylindrical" and span >= 360)
     faces = drop_stretched(grid_faces(*depth.shape, wrap=wrap), depth, max_ratio)
     colors = (rgb[..., :3].double().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, 3)
-    return points.reshape(-1, 3).float(), colors, faces
+    points = points.reshape(-1, 3).float()
+    if valid is not None and not bool(valid.all()):
+        keep = valid.flatten()
+        new_index = torch.cumsum(keep.long(), 0) - 1  # old vertex -> its index among the kept ones
+        faces = new_index[faces[keep[faces].all(dim=1)]]
+        points, colors = points[keep], colors[keep]
+    return points, colors, faces
+
+
+def camera_model(projection: str, width: int, height: int, fov: float = 60.0, span: float = 360.0) -> dict:
+    """The camera model of :func:`unproject` as plain values, for the files' metadata (PLY comments, glTF extras)."""
+    axes = "glTF axes: +X right, +Y up, -Z forward; camera at the origin"
+    if projection == "perspective":
+        f = width / 2 / math.tan(math.radians(fov) / 2)
+        return {
+            "model": "pinhole",
+            "width": width,
+            "height": height,
+            "fov_x_deg": round(fov, 6),
+            "fx": round(f, 6),
+            "fy": round(f, 6),
+            "cx": width / 2,
+            "cy": height / 2,
+            "depth": "z-depth (distance along -Z), pixel centres at (u + 0.5, v + 0.5)",
+            "axes": axes,
+        }
+    if projection == "cylindrical":
+        return {"model": "cylindrical", "width": width, "height": height, "span_deg": span,
+                "depth": "horizontal distance from the vertical axis", "axes": axes}  # fmt: skip
+    return {"model": "equirectangular", "width": width, "height": height, "depth": "distance along the ray",
+            "axes": axes}  # fmt: skip
 
 
 def check_geometry(vertices: torch.Tensor, colors: torch.Tensor, faces: torch.Tensor | None, file_format: str) -> None:
@@ -194,6 +233,27 @@ def check_geometry(vertices: torch.Tensor, colors: torch.Tensor, faces: torch.Te
             raise ValueError(f"Face indices run outside the {vertices.shape[0]} vertices.")
 
 
+def _with_extras(extras: dict | None):
+    def post(tree: dict) -> None:
+        _unlit_double_sided(tree)
+        if extras:
+            tree.setdefault("asset", {}).setdefault("extras", {}).update(extras)
+
+    return post
+
+
+def _ply_comments(data: bytes, extras: dict | None) -> bytes:
+    """Insert ``comment key: value`` lines after the PLY format line (readers skip comments)."""
+    if not extras:
+        return data
+    head, sep, body = data.partition(b"end_header\n")
+    lines = head.split(b"\n")
+    comments = [f"comment {k}: {json.dumps(v) if isinstance(v, dict) else v}".encode() for k, v in extras.items()]
+    if any(b"\n" in c or b"\r" in c for c in comments):
+        raise ValueError("PLY comments must be single lines.")
+    return b"\n".join(lines[:2] + comments + lines[2:]) + sep + body
+
+
 def _unlit_double_sided(tree: dict) -> None:
     """glTF post-processing: one unlit, double-sided material on every primitive, so vertex colours show as they
     are and a panorama is visible from inside and outside."""
@@ -213,9 +273,15 @@ def _unlit_double_sided(tree: dict) -> None:
 
 
 def save_geometry(
-    path: str, vertices: torch.Tensor, colors: torch.Tensor, faces: torch.Tensor | None, file_format: str
+    path: str,
+    vertices: torch.Tensor,
+    colors: torch.Tensor,
+    faces: torch.Tensor | None,
+    file_format: str,
+    extras: dict | None = None,
 ) -> str:
-    """Write a point cloud or mesh as ``glb_mesh``, ``glb_points``, ``ply_points`` or ``ply_mesh``; returns path."""
+    """Write a point cloud or mesh as ``glb_mesh``, ``glb_points``, ``ply_points`` or ``ply_mesh``; returns path.
+    ``extras`` (e.g. the camera model and what the depth was) go into glTF ``asset.extras`` or PLY comments."""
     check_geometry(vertices, colors, faces, file_format)
     trimesh = require_trimesh()
     v, c = vertices.detach().cpu().numpy(), colors.detach().cpu().numpy()
@@ -226,9 +292,9 @@ def save_geometry(
     if file_format.startswith("glb"):
         from trimesh.exchange.gltf import export_glb
 
-        data = export_glb(trimesh.Scene(geom), tree_postprocessor=_unlit_double_sided)
+        data = export_glb(trimesh.Scene(geom), tree_postprocessor=_with_extras(extras))
     else:
-        data = geom.export(file_type="ply")
+        data = _ply_comments(geom.export(file_type="ply"), extras)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(data)
