@@ -1,0 +1,278 @@
+"""Ensembles: N predictions of the same image combined into one map, with the spread across them as uncertainty.
+
+The diffusion estimators give a different map for every starting noise (MERGE-B, MERGE-L, JointNet rgb2j); DMP is
+deterministic, so its members come from test-time augmentation instead (the image and its horizontal mirror, the
+mirror undone before combining). Ensembling follows Marigold (Ke et al., CVPR 2024; diffusers'
+``MarigoldDepthPipeline.ensemble_depth``): align the members' unknown scale and shift, then take the pixelwise median
+or mean; the uncertainty is the spread of the aligned members. What differs from Marigold, and why:
+
+* alignment is closed-form least squares to a common reference, not BFGS over all pairs with a [0, 1] regulariser:
+  the reference starts as the pixelwise median of the raw members and becomes the combined map after each round
+  (``iterations`` rounds, default 2), so the result never depends on the order of the members;
+* everything is float32 (Marigold's SciPy path goes through float64, which MPS lacks: kijai/ComfyUI-Marigold#22);
+* raw values are kept: the combined map keeps the reference's scale (members in [0, 1] stay near [0, 1]), it is not
+  re-normalised to [0, 1], and the uncertainty is in the same units as the combined map;
+* the median of an even number of members is the mean of the two middle values (``torch.median``, which Marigold
+  uses, returns the lower one).
+
+Uncertainty per pixel (depth and disparity): with ``reduction="median"`` the median absolute deviation from the median
+(MAD, unscaled, as Marigold; × 1.4826 estimates a normal σ); with ``"mean"`` the standard deviation of the aligned
+members (population form, divided by N, so one member gives 0, not NaN). Normals: the mean angle between each member
+and the combined direction, in radians / π (0 = all agree, 1 = opposite), as Marigold's ``ensemble_normals``.
+
+Batch layout (member-major, as ComfyUI's RepeatLatentBatch and its conditioning broadcast): a batch of N·B maps holds
+member 0 of every image, then member 1, …; member j of image b is item ``j·B + b``.
+
+TODO(merge): ``_lstsq_scale_shift`` is a stand-in for ``dense.align.fit_scale_shift``; replace it there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..io.checks import check_finite
+from .maps import DenseMap
+
+REDUCTIONS = ("median", "mean")
+ALIGNMENTS = ("auto", "scale_shift", "scale", "none")  # auto: by the map's scale (affine / scale / metric)
+AUGMENTATIONS = ("noise", "hflip")  # noise: members differ by their noise; hflip: odd members are mirrored
+MAX_MEMBERS = 64
+DEFAULT_ITERATIONS = 2
+MAD_TO_SIGMA = 1.4826  # MAD × this estimates the standard deviation of normally distributed members
+_AUTO = {"affine": "scale_shift", "scale": "scale", "metric": "none"}
+
+
+@dataclass(frozen=True)
+class Ensemble:
+    """An ensemble's result. ``values`` [B,H,W] (or [B,H,W,3] normals), ``uncertainty`` [B,H,W] (0 where invalid),
+    ``valid`` [B,H,W] (a pixel is valid where any member is), ``scales``/``shifts`` [N,B]: each member's alignment
+    (aligned = scale · member + shift)."""
+
+    values: torch.Tensor
+    uncertainty: torch.Tensor
+    valid: torch.Tensor
+    scales: torch.Tensor
+    shifts: torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Checks and layout
+
+
+def check_ensemble_size(n: object, name: str = "ensemble_size") -> int:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_MEMBERS:
+        raise ValueError(f"{name} must be an integer from 1 to {MAX_MEMBERS}, got {n!r}.")
+    return n
+
+
+def check_reduction(reduction: object, name: str = "reduction") -> str:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{name} must be one of {REDUCTIONS}, got {reduction!r}.")
+    return reduction
+
+
+def split_members(x: torch.Tensor, n: int, name: str = "members") -> torch.Tensor:
+    """A member-major batch [N·B, …] -> [N, B, …]; the batch must hold a whole number of ensembles."""
+    check_ensemble_size(n)
+    total = x.shape[0]
+    if total == 0:
+        raise ValueError(f"{name} is an empty batch; connect the N·B maps of an ensemble.")
+    if total % n:
+        raise ValueError(
+            f"{name} holds {total} maps, which is not a multiple of ensemble_size {n}: an ensemble of {n} members "
+            f"per image needs N·B maps (member-major, as 'UniDense Ensemble Batch' makes them). Set ensemble_size "
+            f"to the value used there."
+        )
+    return x.reshape(n, total // n, *x.shape[1:])
+
+
+def repeat_members(x: torch.Tensor, n: int, augmentation: str = "noise", width_dim: int = -1) -> torch.Tensor:
+    """[B, …] -> [N·B, …] member-major; with ``hflip`` every odd member is mirrored along ``width_dim``."""
+    check_ensemble_size(n)
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}.")
+    copies = [x.flip(width_dim) if augmentation == "hflip" and j % 2 else x for j in range(n)]
+    return torch.cat(copies)
+
+
+def unflip_members(members: torch.Tensor, augmentation: str, normals: bool = False) -> torch.Tensor:
+    """Undo :func:`repeat_members`' mirrors on [N,B,H,W] (or [N,B,H,W,3] normals, whose x component changes sign)."""
+    if augmentation == "noise":
+        return members
+    if augmentation != "hflip":
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}.")
+    width = -2 if normals else -1
+    out = members.clone()
+    out[1::2] = members[1::2].flip(width)
+    if normals:
+        out[1::2, ..., 0] = -out[1::2, ..., 0]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Least squares, median and spread over members (float32, masked, batched; exact under member permutations)
+
+
+def _lstsq_scale_shift(
+    pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None, shift: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (scale, shift) with scale·pred + shift ≈ ref over ``mask`` pixels, per map; float32.
+
+    ``pred``, ``ref``: [..., H, W] (leading dims are a batch); ``mask``: bool of the same shape (None = all). Returns
+    two tensors of the leading shape. ``shift=False`` fits a scale alone. A constant map (no spread) keeps scale 1
+    and takes the shift that matches the means (a minimiser too); a map without valid pixels gets (1, 0).
+    Stand-in for ``dense.align.fit_scale_shift`` (to be replaced at merge).
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(
+            f"The map to align is {tuple(pred.shape)} but its reference is {tuple(ref.shape)}; they must have the "
+            "same size (resize one first)."
+        )
+    if mask is not None and mask.shape != pred.shape:
+        raise ValueError(f"mask is {tuple(mask.shape)} but the maps are {tuple(pred.shape)}.")
+    valid = torch.ones(pred.shape, dtype=torch.bool, device=pred.device) if mask is None else mask
+    zero = torch.zeros((), dtype=torch.float32, device=pred.device)
+    p = torch.where(valid, pred.float(), zero)  # invalid pixels (even NaN ones) contribute nothing
+    r = torch.where(valid, ref.float(), zero)
+    dims = (-2, -1)
+    n = valid.sum(dims).float()
+    safe_n = n.clamp_min(1.0)
+    if shift:
+        mp, mr = p.sum(dims) / safe_n, r.sum(dims) / safe_n
+        dp = torch.where(valid, p - mp[..., None, None], zero)
+        dr = torch.where(valid, r - mr[..., None, None], zero)
+        num, den = (dp * dr).sum(dims), (dp * dp).sum(dims)  # the same expression: pred == ref gives scale 1 exactly
+    else:
+        mp = mr = torch.zeros_like(n)
+        num, den = (p * r).sum(dims), (p * p).sum(dims)
+    flat = den <= 1e-12 * safe_n  # constant (or empty) map: every scale fits as well; keep 1
+    one = torch.ones_like(den)
+    scale = torch.where(flat, one, num / torch.where(flat, one, den))
+    offset = mr - scale * mp
+    return scale, offset
+
+
+def masked_median(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Median over dim 0 of the valid entries (mean of the two middle ones for an even count); 0 where none."""
+    k = valid.sum(0)  # [...]
+    s = torch.where(valid, x, torch.full_like(x, math.inf)).sort(dim=0).values
+    lo = ((k - 1).clamp_min(0) // 2)[None]
+    hi = (k // 2).clamp_max(x.shape[0] - 1)[None]
+    med = (s.gather(0, lo) + s.gather(0, hi))[0] / 2
+    return torch.where(k > 0, med, torch.zeros_like(med))
+
+
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over dim 0 of the valid entries; 0 where none. Computed as min + mean(x − min) with the differences
+    summed in sorted order: equal members give their value bit-exactly, any order of members gives the same bits."""
+    k = valid.sum(0)
+    low = torch.where(valid, x, torch.full_like(x, math.inf)).amin(0)
+    low = torch.where(k > 0, low, torch.zeros_like(low))
+    diff = torch.where(valid, x - low, torch.zeros_like(x)).sort(dim=0).values.sum(0)
+    return low + diff / k.clamp_min(1).to(x.dtype)
+
+
+def combine(x: torch.Tensor, valid: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(combined, spread) over dim 0: median + MAD, or mean + population standard deviation."""
+    if reduction == "median":
+        mid = masked_median(x, valid)
+        return mid, masked_median((x - mid).abs(), valid)
+    mid = masked_mean(x, valid)
+    return mid, masked_mean((x - mid) ** 2, valid).sqrt()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Ensembles
+
+
+def ensemble_scalar(
+    members: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    align: str = "scale_shift",
+    reduction: str = "median",
+    iterations: int = DEFAULT_ITERATIONS,
+) -> Ensemble:
+    """Align and combine depth or disparity members [N,B,H,W] (the map's own space; see the module doc)."""
+    _check_options(align, reduction, iterations)
+    if align == "auto":
+        raise ValueError("align 'auto' needs the map's scale; use ensemble_map, or pass scale_shift/scale/none.")
+    if members.ndim != 4 or 0 in members.shape:
+        raise ValueError(f"members must be [N,B,H,W] with N, B, H, W ≥ 1, got {tuple(members.shape)}.")
+    x = members.float()
+    valid = torch.ones_like(x, dtype=torch.bool) if valid is None else valid
+    check_finite(torch.where(valid, x, torch.zeros_like(x)), "ensemble members", "NBHW")
+    n, b = x.shape[:2]
+    scales, shifts = torch.ones(n, b), torch.zeros(n, b)
+    ref = masked_median(x, valid)  # [B,H,W] order-independent start
+    aligned = x
+    for _ in range(iterations if align != "none" else 0):
+        scales, shifts = _lstsq_scale_shift(x, ref.expand_as(x), valid, shift=align == "scale_shift")
+        aligned = scales[..., None, None] * x + shifts[..., None, None]
+        ref, _ = combine(aligned, valid, reduction)
+    values, spread = combine(aligned, valid, reduction)
+    any_valid = valid.any(0)
+    zero = torch.zeros_like(values)
+    values, spread = torch.where(any_valid, values, zero), torch.where(any_valid, spread, zero)
+    return Ensemble(values, spread, any_valid, scales, shifts)
+
+
+def ensemble_normals(members: torch.Tensor, valid: torch.Tensor | None = None, reduction: str = "median") -> Ensemble:
+    """Unit normals [N,B,H,W,3]: mean direction (``mean``) or the member closest to it (``median``, Marigold's
+    "closest"); uncertainty = mean angle to the combined direction / π."""
+    _check_options("none", reduction, 0)
+    if members.ndim != 5 or members.shape[-1] != 3 or 0 in members.shape:
+        raise ValueError(f"normal members must be [N,B,H,W,3], got {tuple(members.shape)}.")
+    x = members.float()
+    valid = torch.ones(x.shape[:4], dtype=torch.bool) if valid is None else valid
+    check_finite(torch.where(valid[..., None], x, torch.zeros_like(x)), "ensemble normals", "NBHWC")
+    v = valid[..., None]
+    total = torch.where(v, x, torch.zeros_like(x)).sort(dim=0).values.sum(0)  # [B,H,W,3], order-independent
+    mean = total / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos = (x * mean).sum(-1).clamp(-1, 1)  # [N,B,H,W]
+    if reduction == "median":
+        best = torch.where(valid, cos, torch.full_like(cos, -2.0)).argmax(0)  # [B,H,W]
+        mean = x.gather(0, best[None, ..., None].expand(1, *x.shape[1:]))[0]
+        cos = (x * mean).sum(-1).clamp(-1, 1)
+    spread = masked_mean(torch.where(valid, torch.arccos(cos) / math.pi, torch.zeros_like(cos)), valid)
+    any_valid = valid.any(0)
+    values = torch.where(any_valid[..., None], mean, torch.zeros_like(mean))
+    spread = torch.where(any_valid, spread, torch.zeros_like(spread))
+    n, b = x.shape[:2]
+    return Ensemble(values, spread, any_valid, torch.ones(n, b), torch.zeros(n, b))
+
+
+def ensemble_map(
+    members: DenseMap,
+    ensemble_size: int,
+    augmentation: str = "noise",
+    reduction: str = "median",
+    align: str = "auto",
+    iterations: int = DEFAULT_ITERATIONS,
+) -> tuple[DenseMap, torch.Tensor]:
+    """A member-major DenseMap batch of N·B maps -> (B combined maps, uncertainty [B,H,W] float32)."""
+    _check_options(align, reduction, iterations)
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {augmentation!r}.")
+    normals = members.kind == "normals"
+    x = unflip_members(split_members(members.values, ensemble_size), augmentation, normals)
+    valid = None
+    if members.valid is not None:
+        valid = unflip_members(split_members(members.valid, ensemble_size), augmentation)
+    if normals:
+        result = ensemble_normals(x, valid, reduction)
+    else:
+        mode = _AUTO[members.scale] if align == "auto" else align
+        result = ensemble_scalar(x, valid, mode, reduction, iterations)
+    out = members.replace(values=result.values, valid=None if members.valid is None else result.valid)
+    return out, result.uncertainty
+
+
+def _check_options(align: str, reduction: str, iterations: int) -> None:
+    if align not in ALIGNMENTS:
+        raise ValueError(f"align must be one of {ALIGNMENTS}, got {align!r}.")
+    check_reduction(reduction)
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or not 0 <= iterations <= 10:
+        raise ValueError(f"iterations must be an integer from 0 to 10, got {iterations!r}.")
