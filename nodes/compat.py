@@ -64,6 +64,7 @@ REQUIRED: tuple[str, ...] = (
     "folder_paths.folder_names_and_paths",
     "folder_paths.supported_pt_extensions",
     "folder_paths.add_model_folder_path",
+    "folder_paths.filename_list_cache",
     "folder_paths.get_folder_paths",
     "folder_paths.get_filename_list",
     "folder_paths.get_full_path",

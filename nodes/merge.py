@@ -211,7 +211,8 @@ class MergeDepthConditioning(io.ComfyNode):
         if getattr(vae, "latent_channels", 4) != 4:
             raise ValueError(
                 f"vae gives {vae.latent_channels}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE "
-                "(sd-vae-ft-ema, or the SD 1.5 VAE)."
+                "(sd-vae-ft-ema, or the SD 1.5 VAE). For FLUX.1-dev (MERGE-L) use 'UniDense MERGE-L Depth "
+                "Conditioning'."
             )
         h, w = image.shape[1:3]
         pixels = image[..., :3]

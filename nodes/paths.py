@@ -49,7 +49,8 @@ def register() -> None:
         else:
             dirs = [default]
         folder_paths.folder_names_and_paths[name] = (dirs, set(EXTENSIONS[name]))
-        folder_paths.filename_list_cache.pop(name, None)
+        cache = folder_paths.filename_list_cache  # a dict keyed by folder name (compat.py)
+        cache.pop(name, None)
 
 
 def files(name: str) -> list[str]:

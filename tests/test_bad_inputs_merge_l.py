@@ -77,8 +77,10 @@ CORE_ROWS = [
     ("merge_l_forward", "sd_vae_latent", lambda r: depth_call(Z[:, :4], Z[:, :4]), "FLUX VAE"),
     ("estimate_depth", "tiny_image", lambda r: pipe().estimate_depth(torch.rand(1, 3, 8, 64)), "at least 16"),
     ("estimate_depth", "zero_steps", lambda r: pipe().estimate_depth(torch.rand(1, 3, 32, 32), 0), "at least 1"),
-    ("estimate_depth", "latent_mode", lambda r: pipe().estimate_depth(torch.rand(1, 3, 32, 32), 1, None, "mean"),
+    ("estimate_depth", "posterior_mode", lambda r: pipe().estimate_depth(torch.rand(1, 3, 32, 32), 1, posterior="mean"),
      "'sample'"),
+    ("estimate_depth", "latents_not_tensor", lambda r: pipe().estimate_depth(torch.rand(1, 3, 32, 32), 1, None, "x"),
+     "latents must"),
 ]  # fmt: skip
 
 

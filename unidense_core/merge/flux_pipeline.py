@@ -204,6 +204,9 @@ class MergeFluxPipeline:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
         if posterior not in ("sample", "mode"):
             raise ValueError(f"posterior must be 'sample' (official) or 'mode', got {posterior!r}.")
+        for name, t in (("latents", latents), ("image_latents", image_latents)):
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise ValueError(f"{name} must be a tensor [B,16,h/8,w/8] or None, got {type(t).__name__}.")
         cfg = self.vae.config
         if image_latents is not None:
             # 1'. A precomputed image latent: its size gives the processing size.
