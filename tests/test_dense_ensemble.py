@@ -109,10 +109,35 @@ def test_affine_copies_of_one_map_are_aligned_back_exactly():
     out = ensemble_scalar(members)
     aligned = out.scales[..., None, None] * members + out.shifts[..., None, None]
     torch.testing.assert_close(aligned, aligned[:1].expand_as(aligned), rtol=0, atol=1e-5)
+    # the known scales and shifts are recovered: s_j·(a_j·d + b_j) + t_j is one map, the same for every member j,
+    # and the gauge is the members' average (mean fitted scale 1, mean fitted shift 0)
+    torch.testing.assert_close(out.scales * a, (out.scales * a)[:1].expand(4, 2), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        out.scales * b + out.shifts, (out.scales * b + out.shifts)[:1].expand(4, 2), rtol=0, atol=1e-5
+    )
+    torch.testing.assert_close(out.scales.mean(0), torch.ones(2), rtol=1e-6, atol=0)
+    torch.testing.assert_close(out.shifts.mean(0), torch.zeros(2), rtol=0, atol=1e-6)
     assert out.uncertainty.abs().max() < 1e-5
     # the combined map is one of these affine copies (the scale of the members' median is kept, not renormalised)
     s, t = _lstsq_scale_shift(depth, out.values)
     torch.testing.assert_close(s[:, None, None] * depth + t[:, None, None], out.values, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", ["median", "mean"])
+def test_noisy_members_keep_their_scale_and_spread_over_iterations(reduction):
+    """Least squares of noisy members to their own median shrinks (regression dilution); the gauge fix keeps the
+    truth's scale and the uncertainty the noise's spread, however many rounds run."""
+    truth = rand(1, 32, 32)
+    noise = torch.randn(10, 1, 32, 32, generator=torch.Generator().manual_seed(5))
+    members = truth + 0.2 * noise
+    first = ensemble_scalar(members, reduction=reduction, iterations=1)
+    for rounds in (2, 10):
+        out = ensemble_scalar(members, reduction=reduction, iterations=rounds)
+        s, _ = _lstsq_scale_shift(truth, out.values)
+        assert 0.97 < s.item() < 1.03, s  # without the gauge fix: 0.50 after 2 rounds, 0.03 after 10
+        assert math.isclose(out.uncertainty.mean().item(), first.uncertainty.mean().item(), rel_tol=0.01)
+    expected = 0.2 * (0.6745 if reduction == "median" else 1.0)  # MAD or std of N(0, 0.2²)
+    assert abs(out.uncertainty.mean().item() - expected) < 0.2 * expected
 
 
 def test_median_even_count_is_the_mean_of_the_two_middle_values_and_mad_is_unscaled():

@@ -8,9 +8,11 @@ or mean; the uncertainty is the spread of the aligned members. What differs from
 
 * alignment is closed-form least squares to a common reference, not BFGS over all pairs with a [0, 1] regulariser:
   the reference starts as the pixelwise median of the raw members and becomes the combined map after each round
-  (``iterations`` rounds, default 2), so the result never depends on the order of the members;
+  (``iterations`` rounds, default 2), so the result never depends on the order of the members; after each fit the
+  common affine freedom is fixed to mean scale 1 and mean shift 0 over the members (:func:`_fix_gauge`), without which
+  repeated fits of noisy members shrink the map and its uncertainty towards 0 (regression dilution);
 * everything is float32 (Marigold's SciPy path goes through float64, which MPS lacks: kijai/ComfyUI-Marigold#22);
-* raw values are kept: the combined map keeps the reference's scale (members in [0, 1] stay near [0, 1]), it is not
+* raw values are kept: the combined map keeps the members' average scale (members in [0, 1] stay near [0, 1]), it is not
   re-normalised to [0, 1], and the uncertainty is in the same units as the combined map;
 * the median of an even number of members is the mean of the two middle values (``torch.median``, which Marigold
   uses, returns the lower one).
@@ -210,6 +212,7 @@ def ensemble_scalar(
     aligned = x
     for _ in range(iterations if align != "none" else 0):
         scales, shifts = _lstsq_scale_shift(x, ref.expand_as(x), valid, shift=align == "scale_shift")
+        scales, shifts = _fix_gauge(scales, shifts)
         aligned = scales[..., None, None] * x + shifts[..., None, None]
         ref, _ = combine(aligned, valid, reduction)
     values, spread = combine(aligned, valid, reduction)
@@ -217,6 +220,23 @@ def ensemble_scalar(
     zero = torch.zeros_like(values)
     values, spread = torch.where(any_valid, values, zero), torch.where(any_valid, spread, zero)
     return Ensemble(values, spread, any_valid, scales, shifts)
+
+
+def _fix_gauge(scales: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fix the common affine map that alignment leaves free: mean scale 1, mean shift 0 over the members [N,B].
+
+    A least-squares fit of noisy members to their own combination shrinks every round (regression dilution: the
+    slope is cov/var of the member, below 1 by var(noise)/var(member)); repeated, the ensemble would collapse to a
+    flat map and its uncertainty to 0. Applying (α, β) = (1/mean s, −mean t / mean s) to every member keeps the
+    members' own average scale instead (Marigold keeps it with a [0, 1] range regulariser). Means are taken over the
+    sorted values, so the result does not depend on the order of the members; (1, 0) stays (1, 0) exactly."""
+    n = scales.shape[0]
+    mean_s = scales.sort(dim=0).values.sum(0) / n
+    mean_t = shifts.sort(dim=0).values.sum(0) / n
+    bad = mean_s.abs() <= 1e-12  # members that disagree in sign and cancel: keep the fit as it is
+    alpha = torch.where(bad, torch.ones_like(mean_s), 1.0 / torch.where(bad, torch.ones_like(mean_s), mean_s))
+    beta = torch.where(bad, torch.zeros_like(mean_t), -mean_t * alpha)
+    return scales * alpha, shifts * alpha + beta
 
 
 def ensemble_normals(members: torch.Tensor, valid: torch.Tensor | None = None, reduction: str = "median") -> Ensemble:

@@ -20,10 +20,10 @@ fuxiao0719/GeoWizard#4, DepthAnything/Depth-Anything-V2#85). :func:`run_video` d
    Like that example, ẑ is mixed in linearly, not re-noised by the forward process. Within a chunk frames run as one
    batch, so all of them blend with the previous chunk's last frame (chunk_size 1 = the example exactly).
 4. **One scale for the sequence** instead of per-frame normalisation (which makes flicker worse: kijai DAv2, users.md
-   §3 B): the raw read-out of every frame, least-squares aligned (scale and shift in the map's own space, float32) to
-   a reference: the first frame (``"first"``), or the previous aligned frame (``"previous"``: the running result,
-   robust to content that moves away from the first frame), or kept as estimated (``"none"``: deterministic
-   read-outs that are already on one scale).
+   §3 B): the raw read-out of every frame, least-squares aligned (scale and shift in the map's own space, float32;
+   refitted without the pixels of moving content, :func:`robust_scale_shift`) to a reference: the first frame
+   (``"first"``), or the previous aligned frame (``"previous"``: the running result, robust to content that moves
+   away from the first frame), or kept as estimated (``"none"``: deterministic read-outs already on one scale).
 
 :func:`flicker` measures the result; the tests and ``benchmarks/video_depth.py`` use it.
 """
@@ -42,6 +42,8 @@ ALIGN = ("previous", "first", "none")
 SEQUENCE_DEPTH = "relative depth on one scale for the whole video (raw read-out, least-squares aligned), near = small"
 MAX_CHUNK = 4096
 OFFICIAL_BLEND = 0.1  # diffusers' Marigold video example: 0.9 · shared noise + 0.1 · previous frame's latent
+ROBUST_ROUNDS = 4  # trimmed refits of the frame-to-reference alignment
+ROBUST_CUT = 3.0  # a pixel is an outlier when its residual exceeds this many robust σ (1.4826 · MAD)
 
 # (first frame, stop, previous final latent [1,C,h,w] or None) -> (depth [c,H,W], final latents [c,C,h,w])
 ChunkFn = Callable[[int, int, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
@@ -116,12 +118,48 @@ def blend_start(base: torch.Tensor, previous: torch.Tensor | None, blend: float)
     return (1.0 - blend) * base + blend * previous.to(base)
 
 
+def robust_scale_shift(
+    pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None, shift: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (scale, shift) of one map [H,W] to a reference, refitted without outliers; float32.
+
+    Moving content (an object that left or entered the frame since the reference) is not an error of scale: after a
+    plain fit, ``ROBUST_ROUNDS`` concentration steps refit on the better-fitting half of the valid pixels (least
+    trimmed squares), then up to ``ROBUST_ROUNDS`` rounds refit on every pixel whose residual is within ``ROBUST_CUT``
+    robust σ (1.4826 · median absolute residual of the kept pixels, at least 1e-6 of the reference's spread). With a
+    clear majority of pixels that agree up to an affine map, their (scale, shift) is recovered to float precision."""
+    valid = torch.ones(pred.shape, dtype=torch.bool) if mask is None else mask
+    keep = valid
+    scale, offset = _lstsq_scale_shift(pred, ref, keep, shift)
+    if int(valid.sum()) < 4:
+        return scale, offset
+    floor = 1e-6 * float(ref[valid].float().std(correction=0))
+    for round_ in range(2 * ROBUST_ROUNDS):
+        residual = (scale * pred.float() + offset - ref.float()).abs()
+        inside = residual[valid]
+        if round_ < ROBUST_ROUNDS:  # concentration steps: the better-fitting half of all valid pixels
+            cut = float(inside.median())
+        else:  # then every pixel within ROBUST_CUT robust σ of that fit
+            cut = ROBUST_CUT * 1.4826 * float(residual[keep].median())
+        new_keep = valid & (residual <= max(cut, floor))
+        if int(new_keep.sum()) < 2:
+            break
+        if torch.equal(new_keep, keep) and round_ >= ROBUST_ROUNDS:
+            break
+        keep = new_keep
+        scale, offset = _lstsq_scale_shift(pred, ref, keep, shift)
+    return scale, offset
+
+
 class SequenceAligner:
     """Streaming least-squares alignment of frames to one scale: holds one reference frame [H,W], nothing else."""
 
-    def __init__(self, mode: str = "previous", shift: bool = True, reference: torch.Tensor | None = None):
+    def __init__(
+        self, mode: str = "previous", shift: bool = True, reference: torch.Tensor | None = None, robust: bool = True
+    ):
         self.mode = check_align(mode)
         self.shift = shift
+        self.fit = robust_scale_shift if robust else _lstsq_scale_shift
         self.reference = None if reference is None else reference.float()
 
     def __call__(self, depth: torch.Tensor, valid: torch.Tensor | None = None):
@@ -144,7 +182,7 @@ class SequenceAligner:
                         f"The reference frame is {self.reference.shape[-1]}×{self.reference.shape[-2]} but the frames "
                         f"are {frame.shape[-1]}×{frame.shape[-2]}; give a reference of the video's size."
                     )
-                s, t = _lstsq_scale_shift(frame, self.reference, mask, self.shift)
+                s, t = self.fit(frame, self.reference, mask, self.shift)
                 aligned, scales[i], shifts[i] = s * frame + t, s, t
             out[i] = aligned
             if self.mode == "previous" or self.reference is None:
