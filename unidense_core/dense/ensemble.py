@@ -241,7 +241,8 @@ def _fix_gauge(scales: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor
 
 def ensemble_normals(members: torch.Tensor, valid: torch.Tensor | None = None, reduction: str = "median") -> Ensemble:
     """Unit normals [N,B,H,W,3]: mean direction (``mean``) or the member closest to it (``median``, Marigold's
-    "closest"); uncertainty = mean angle to the combined direction / π."""
+    "closest"; for N = 2 the mean direction, as both members are equally close); uncertainty = mean angle to the
+    combined direction / π."""
     _check_options("none", reduction, 0)
     if members.ndim != 5 or members.shape[-1] != 3 or 0 in members.shape:
         raise ValueError(f"normal members must be [N,B,H,W,3], got {tuple(members.shape)}.")
@@ -250,9 +251,14 @@ def ensemble_normals(members: torch.Tensor, valid: torch.Tensor | None = None, r
     check_finite(torch.where(valid[..., None], x, torch.zeros_like(x)), "ensemble normals", "NBHWC")
     v = valid[..., None]
     total = torch.where(v, x, torch.zeros_like(x)).sort(dim=0).values.sum(0)  # [B,H,W,3], order-independent
-    mean = total / total.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    length = total.norm(dim=-1, keepdim=True)
+    # members that cancel (e.g. two opposite normals) have no mean direction: take the valid member facing the viewer
+    # most (largest z; a choice that does not depend on the order of the members)
+    facing = torch.where(valid, x[..., 2], torch.full_like(x[..., 2], -2.0)).argmax(0)  # [B,H,W]
+    fallback = x.gather(0, facing[None, ..., None].expand(1, *x.shape[1:]))[0]
+    mean = torch.where(length > 1e-6, total / length.clamp_min(1e-12), fallback)
     cos = (x * mean).sum(-1).clamp(-1, 1)  # [N,B,H,W]
-    if reduction == "median":
+    if reduction == "median" and x.shape[0] > 2:  # two members are equally close to their mean: it is the median
         best = torch.where(valid, cos, torch.full_like(cos, -2.0)).argmax(0)  # [B,H,W]
         mean = x.gather(0, best[None, ..., None].expand(1, *x.shape[1:]))[0]
         cos = (x * mean).sum(-1).clamp(-1, 1)
