@@ -115,8 +115,9 @@ CASES = [
     Case("VideoDepth", "align median", vid(align="median"), r"align must be one of .*'median'"),
     Case("VideoDepth", "resolution 4k", vid(resolution="4k"), r"resolution must be one of .*'4k'"),
     Case("VideoDepth", "steps -1", vid(steps=-1), r"steps must be"),
-    Case("VideoDepth", "positive not a conditioning", vid(positive="a photo"), r"positive"),
-    Case("VideoDepth", "MERGE native 40x24", vid(torch.rand(2, 24, 40, 3), method="merge-b"), r"multiple"),
+    Case("VideoDepth", "positive not a conditioning", vid(positive="a photo"),
+         r"positive must be a CONDITIONING .* got str"),
+    Case("VideoDepth", "MERGE native 40x24", vid(torch.rand(2, 24, 40, 3), method="merge-b"), r"multiples? of 16"),
     # core functions behind the nodes
     Case("core", "lstsq reference of another size",
          lambda: _lstsq_scale_shift(torch.rand(1, 8, 8), torch.rand(1, 8, 9)),
