@@ -136,6 +136,16 @@ def test_run_video_checks_and_carries_the_previous_latent():
         run_video(4, (2, 3), estimate, reference=torch.zeros(3, 3))
     with pytest.raises(ValueError, match="latent_blend must be a number from 0 to 1"):
         run_video(4, (2, 3), estimate, blend=1.5)
+
+    def diverging(first, stop, previous):  # final latents 100× the start (×100 per frame): Inf at frame 14
+        start = torch.ones(stop - first, 4, 1, 1) if previous is None else previous.expand(stop - first, -1, -1, -1)
+        z = 100 * start
+        return torch.full((stop - first, 2, 3), float(z.max()) if z.max() < 1e30 else float("inf")), z
+
+    with pytest.raises(
+        ValueError, match=r"depth of frames 14..14 has 6 non-finite.*latent_blend 0.1.*Lower latent_blend"
+    ):
+        run_video(20, (2, 3), diverging, chunk_size=1, align="none", blend=0.1)
     with pytest.raises(RuntimeError, match=r"returned depth \(2, 2, 3\) for frames 0..2"):
         run_video(3, (2, 3), lambda a, b, p: estimate(a, b - 1 if b == 3 else b, p), chunk_size=3)
 

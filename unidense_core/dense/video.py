@@ -228,7 +228,17 @@ def run_video(
                 f"The estimator returned depth {tuple(depth.shape)} for frames {first}..{stop - 1}; expected "
                 f"{(stop - first, height, width)}."
             )
-        check_finite(depth, f"depth of frames {first}..{stop - 1}", "THW")
+        try:
+            check_finite(depth, f"depth of frames {first}..{stop - 1}", "THW")
+        except ValueError as exc:
+            if previous is None or blend == 0:
+                raise
+            size = float(previous.abs().max())
+            raise ValueError(
+                f"{exc} These frames started from the blend with the previous frame's final latent (latent_blend "
+                f"{blend}, largest |value| {size:.3g}); a model whose final latents lie far outside the noise's range "
+                "feeds back and grows from frame to frame. Lower latent_blend (0 = off) or check the model."
+            ) from None
         out[first:stop], scales[first:stop], shifts[first:stop] = aligner(depth.detach().cpu())
         previous = latents[-1:].detach().clone() if blend > 0 else None
         del depth, latents
