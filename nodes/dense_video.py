@@ -113,6 +113,7 @@ class VideoDepth(io.ComfyNode):
                     default=0,
                     min=0,
                     max=0xFFFFFFFFFFFFFFFF,
+                    control_after_generate=True,
                     tooltip="MERGE's starting noise (DMP is deterministic).",
                 ),
                 io.Boolean.Input(

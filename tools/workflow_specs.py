@@ -516,3 +516,9 @@ from workflow_specs_merge_l import MERGE_L_NOTES, MERGE_L_SPECS  # noqa: E402
 
 SPECS.update(MERGE_L_SPECS)
 NOTES.update(MERGE_L_NOTES)
+
+# Dense outputs (ensembles with uncertainty, video depth): their own file
+from workflow_specs_dense import DENSE_NOTES, DENSE_SPECS  # noqa: E402
+
+SPECS.update(DENSE_SPECS)
+NOTES.update(DENSE_NOTES)
