@@ -98,7 +98,7 @@ DENSE_SPECS = {
         ),
     ],
     "dense_video_depth": [
-        ("video", "LoadVideo", dict(file="example.mp4", upload="video"), {}),
+        ("video", "LoadVideo", dict(file="moving_sphere.mp4", upload="video"), {}),
         ("parts", "GetVideoComponents", {}, dict(video=("video", 0))),
         *merge_model_nodes(),
         ("conv", "UniDense_LoadConverter", dict(converter_name=CONVERTER, weight_dtype="auto"), {}),
