@@ -66,6 +66,8 @@ def test_frame_noise_is_shared_or_per_frame_and_never_depends_on_chunking():
     whole = frame_noise((4, 3, 3), 0, 6, seed=7, shared=False)
     parts = torch.cat([frame_noise((4, 3, 3), a, b, 7, False) for a, b in chunks(6, 4)])
     assert torch.equal(whole, parts) and not torch.equal(whole[0], whole[1])
+    top = frame_noise((4, 3, 3), 0, 2, seed=2**64 - 1, shared=False)  # the largest ComfyUI seed: frame 1 wraps to 0
+    assert torch.equal(top[1], frame_noise((4, 3, 3), 0, 1, 0, False)[0])
 
 
 def test_blend_is_the_convex_combination_of_the_marigold_example():

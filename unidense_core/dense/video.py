@@ -95,12 +95,14 @@ def frame_noise(
     shape: tuple[int, ...], first: int, stop: int, seed: int, shared: bool, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
     """N(0, I) starting noise of frames first..stop−1, [c, *shape]: one draw from ``seed`` for all frames (shared), or
-    frame t's own draw from ``seed + t``, so a frame's noise never depends on the chunking."""
+    frame t's own draw from ``seed + t`` (mod 2⁶⁴, ComfyUI's seed range), so a frame's noise never depends on the
+    chunking."""
     if shared:
         eps = torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
         return eps[None].expand(stop - first, *shape)
     draws = [
-        torch.randn(shape, generator=torch.Generator().manual_seed(seed + t), dtype=dtype) for t in range(first, stop)
+        torch.randn(shape, generator=torch.Generator().manual_seed((seed + t) % 2**64), dtype=dtype)
+        for t in range(first, stop)
     ]
     return torch.stack(draws)
 
