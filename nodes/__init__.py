@@ -6,8 +6,10 @@ from comfy_api.latest import io
 
 from . import compat, paths
 from .dense import SaveDepth16, SaveRGBD3D
+from .dense_ensemble import NODES as ENSEMBLE_NODES
 from .dense_io import NODES as DENSE_IO_NODES
 from .dense_maps import NODES as DENSE_MAP_NODES
+from .dense_video import NODES as VIDEO_NODES
 from .dmp import NODES as DMP_NODES
 from .embeddings import LoadPromptEmbedding, SavePromptEmbedding
 from .jointnet import NODES as JOINTNET_NODES
@@ -41,6 +43,10 @@ NODE_LIST: list[type[io.ComfyNode]] = [
     # Dense outputs (issue 11): unclamped decode -> DENSE, conversions, alignment, files
     *DENSE_MAP_NODES,
     *DENSE_IO_NODES,
+    # Dense outputs: ensembles with uncertainty (any estimator, run as a batch)
+    *ENSEMBLE_NODES,
+    # Dense outputs: video depth in chunks, on one scale, with less flicker (MERGE-B, DMP)
+    *VIDEO_NODES,
     # The official DDIM of the pipelines (JointNet, SD) as SIGMAS + SAMPLER and a KSampler-like node
     *SAMPLING_NODES,
 ]

@@ -82,6 +82,8 @@ def test_every_image_a_workflow_loads_is_shipped():
             if node["type"] == "LoadImage":
                 image = node["widgets_values"][0]
                 assert image in shipped or image == "example.png", f"{name} loads {image}"  # ComfyUI ships its own
+            if node["type"] == "LoadVideo":  # ComfyUI ships no video: ours (tools/example_video.py)
+                assert node["widgets_values"][0] in shipped, f"{name} loads {node['widgets_values'][0]}"
 
 
 def test_editing_pair_marks_one_region_in_both_images():

@@ -35,6 +35,16 @@ def test_one_workflow_per_merge_l_capability():
         assert (width[1], width[2], height[1], height[2]) == (cond["id"], 3, cond["id"], 4)
 
 
+def test_one_workflow_per_dense_ensemble_and_video_capability():
+    names = {"dense_ensemble_uncertainty.json", "dense_dmp_ensemble_hflip.json", "dense_video_depth.json"}
+    assert names <= set(FILES)
+    for name in ("dense_ensemble_uncertainty.json", "dense_dmp_ensemble_hflip.json"):
+        nodes = {n["type"]: n for n in load(name)["nodes"]}
+        # the batch and the combination agree on N and the augmentation (widgets: ensemble_size, augmentation, ...)
+        assert nodes["UniDense_EnsembleBatch"]["widgets_values"] == nodes["UniDense_Ensemble"]["widgets_values"][:2]
+        assert "SaveImage" in nodes  # the uncertainty is saved (stock node until the EXR saver lands)
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_ui_format_and_links_are_consistent(name):
     wf = load(name)

@@ -523,3 +523,9 @@ from workflow_specs_dense import dense_specs  # noqa: E402
 _DENSE_SPECS, _DENSE_NOTES = dense_specs(dmp_nodes, DMP_DEPTH)
 SPECS.update(_DENSE_SPECS)
 NOTES.update(_DENSE_NOTES)
+
+# Dense outputs (ensembles with uncertainty, video depth): their own file
+from workflow_specs_ensemble import DENSE_NOTES, DENSE_SPECS  # noqa: E402
+
+SPECS.update(DENSE_SPECS)
+NOTES.update(DENSE_NOTES)

@@ -109,6 +109,47 @@ def _robust(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[flo
     return scale, shift
 
 
+def batched_scale_shift(
+    pred: torch.Tensor, ref: torch.Tensor, mask: torch.Tensor | None = None, shift: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares (scale, shift) with scale·pred + shift ≈ ref over ``mask`` pixels, per map; float32.
+
+    ``pred``, ``ref``: [..., H, W] (leading dims are a batch); ``mask``: bool of the same shape (None = all). Returns
+    two tensors of the leading shape. ``shift=False`` fits a scale alone. A constant map (no spread) keeps scale 1
+    and takes the shift that matches the means (a minimiser too); a map without valid pixels gets (1, 0).
+    The members' fit of ensembles and video (``dense/ensemble.py``, ``dense/video.py``): vectorised in float32 and
+    never raising on a degenerate map, where ``fit_scale_shift`` (one user-facing alignment) works per image in
+    float64 and refuses too few points.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(
+            f"The map to align is {tuple(pred.shape)} but its reference is {tuple(ref.shape)}; they must have the "
+            "same size (resize one first)."
+        )
+    if mask is not None and mask.shape != pred.shape:
+        raise ValueError(f"mask is {tuple(mask.shape)} but the maps are {tuple(pred.shape)}.")
+    valid = torch.ones(pred.shape, dtype=torch.bool, device=pred.device) if mask is None else mask
+    zero = torch.zeros((), dtype=torch.float32, device=pred.device)
+    p = torch.where(valid, pred.float(), zero)  # invalid pixels (even NaN ones) contribute nothing
+    r = torch.where(valid, ref.float(), zero)
+    dims = (-2, -1)
+    n = valid.sum(dims).float()
+    safe_n = n.clamp_min(1.0)
+    if shift:
+        mp, mr = p.sum(dims) / safe_n, r.sum(dims) / safe_n
+        dp = torch.where(valid, p - mp[..., None, None], zero)
+        dr = torch.where(valid, r - mr[..., None, None], zero)
+        num, den = (dp * dr).sum(dims), (dp * dp).sum(dims)  # the same expression: pred == ref gives scale 1 exactly
+    else:
+        mp = mr = torch.zeros_like(n)
+        num, den = (p * r).sum(dims), (p * p).sum(dims)
+    flat = den <= 1e-12 * safe_n  # constant (or empty) map: every scale fits as well; keep 1
+    one = torch.ones_like(den)
+    scale = torch.where(flat, one, num / torch.where(flat, one, den))
+    offset = mr - scale * mp
+    return scale, offset
+
+
 def fit_scale_shift(
     pred: torch.Tensor,
     ref: torch.Tensor,

@@ -26,7 +26,9 @@ class DenseOutput:
     in a 16-bit PNG (1 for maps in [0, 1]; the checkpoint's ``target_scale`` for metric depth, as the official DMP
     preview). ``image`` [B,3,H,W] in [0, 1]: the generated RGB, or the prediction image of DMP's image tasks (the
     normal map's colours for normals). ``normals`` [B,3,H,W]: unit vectors in [−1, 1]. ``latents``: the final
-    latent in model space (scaled by the VAE factor).
+    latent in model space (scaled by the VAE factor; an ensemble's N·B member latents, member-major).
+    ``uncertainty`` [B,H,W]: an ensemble's spread (``dense.ensemble``: MAD or std of the aligned members, in the units
+    of ``depth``; for normals the mean angle / π), None for a single prediction.
     """
 
     depth: torch.Tensor | None = None
@@ -35,6 +37,7 @@ class DenseOutput:
     image: torch.Tensor | None = None
     normals: torch.Tensor | None = None
     latents: torch.Tensor | None = None
+    uncertainty: torch.Tensor | None = None
 
     def depth_unit(self) -> torch.Tensor:
         """``depth / depth_range`` clamped to [0, 1]: the values a 16-bit PNG stores as ``round(d · 65535)``."""
@@ -63,7 +66,8 @@ def save_image_png8(image: torch.Tensor, path: str) -> str:
 
 def save_output(out: DenseOutput, prefix: str, index: int = 0) -> list[str]:
     """Write batch item ``index`` next to ``prefix``: ``_depth.png`` (16-bit) + ``_depth.npy`` (raw float32),
-    ``_normals.png`` (8-bit visualisation) + ``_normals.npy`` ([H,W,3] unit vectors), ``_image.png`` (8-bit);
+    ``_uncertainty.npy`` (an ensemble's [H,W] spread), ``_normals.png`` (8-bit visualisation) + ``_normals.npy``
+    ([H,W,3] unit vectors), ``_image.png`` (8-bit);
     for a prediction image without depth or normals (DMP image tasks) also ``_image.npy`` ([H,W,3] in [0, 1])."""
     import numpy as np
 
@@ -77,6 +81,9 @@ def save_output(out: DenseOutput, prefix: str, index: int = 0) -> list[str]:
         written.append(save_depth_png16(out.depth_unit()[index], f"{prefix}_depth.png"))
         np.save(f"{prefix}_depth.npy", out.depth[index].detach().float().cpu().numpy())
         written.append(f"{prefix}_depth.npy")
+    if out.uncertainty is not None:
+        np.save(f"{prefix}_uncertainty.npy", out.uncertainty[index].detach().float().cpu().numpy())
+        written.append(f"{prefix}_uncertainty.npy")
     if out.normals is not None:
         np.save(f"{prefix}_normals.npy", out.normals[index].detach().float().cpu().permute(1, 2, 0).numpy())
         written.append(f"{prefix}_normals.npy")

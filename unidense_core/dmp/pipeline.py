@@ -19,18 +19,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dense.ensemble import (
+    check_reduction,
+    ensemble_normals,
+    ensemble_scalar,
+    repeat_members,
+    split_members,
+    unflip_members,
+)
 from ..dense.outputs import METRIC_DEPTH, RELATIVE_DEPTH, DenseOutput
-from ..dense.readout import decoded_to_unit, dmp_normals, normalize_depth
+from ..dense.readout import decoded_to_unit, dmp_normals, normalize_depth, normals_to_image
+from ..dense.video import SEQUENCE_DEPTH, blend_start, run_video
 from ..io.checkpoints import (
     TRANSFORMERS_WEIGHTS,
     CheckpointError,
     require_model_folder,
     require_tokenizer_folder,
 )
+from ..io.checks import check_choice, check_finite, check_not_empty
 from ..io.prompt_embeddings import load_prompt_embedding
 from .lora import apply_lora_peft, load_lora
 from .sampler import DEFAULT_STEPS, OFFICIAL_GUIDANCE, check_steps, check_variant, sample_dmp, unet_velocity_fn
 
+TTA = ("none", "hflip")  # test-time augmentation (DMP is deterministic: members differ by a mirror, not by noise)
 TASKS = ("depth", "normals", "image")  # image: albedo, shading, segmentation colours (official target_mode 'RGB')
 PROCESSING_RESOLUTION = 512  # official __call__: the shorter side becomes 512
 SD14_FOLDER_HINT = (
@@ -155,10 +166,14 @@ class DMPPipeline:
         return out
 
     @torch.no_grad()
-    def encode_image(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """[B,3,H,W] in [−1, 1] -> z_x = 0.18215·E(x), a posterior sample (official ``latent_dist.sample()``)."""
+    def encode_image(
+        self, pixels: torch.Tensor, generator: torch.Generator | None = None, posterior: str = "sample"
+    ) -> torch.Tensor:
+        """[B,3,H,W] in [−1, 1] -> z_x = 0.18215·E(x), a posterior sample (official ``latent_dist.sample()``) or, with
+        ``posterior="mode"``, its mean (ComfyUI's VAEEncode; no per-frame sampling noise in video)."""
         dist = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-        return dist.sample(generator) * self.vae.config.scaling_factor
+        z = dist.sample(generator) if posterior == "sample" else dist.mode()
+        return z * self.vae.config.scaling_factor
 
     @torch.no_grad()
     def __call__(
@@ -177,6 +192,8 @@ class DMPPipeline:
         generator: torch.Generator | None = None,
         image_latents: torch.Tensor | None = None,
         callback: StepCallback | None = None,
+        tta: str = "none",
+        ensemble_reduction: str = "median",
     ) -> DenseOutput:
         """DMP prediction for ``task`` ("depth", "normals" or "image") with the official defaults.
 
@@ -196,6 +213,13 @@ class DMPPipeline:
             raise ValueError(f"target_scale must be ≥ 0 (0 = min-max per image), got {target_scale}.")
         if image is None and image_latents is None:
             raise ValueError("Give `image` (PIL image or [B,3,H,W] tensor in [0, 1]) or `image_latents`.")
+        check_choice(tta, "tta", TTA)
+        check_reduction(ensemble_reduction, "ensemble_reduction")
+        if tta != "none" and task == "image":
+            raise ValueError(
+                "tta mirrors depth and normals; image tasks (albedo, shading, segmentation) take tta 'none'."
+            )
+        members = 2 if tta == "hflip" else 1
         # 1. Image latent at the processing size (shorter side 512, bicubic), sampled from the posterior.
         size = None
         if image is not None:
@@ -203,11 +227,12 @@ class DMPPipeline:
             size = tuple(x.shape[-2:])
         if image_latents is None:
             x = resize_bicubic(x, official_size(*size, processing_resolution))
-            z_x = self.encode_image(x, generator)  # [B,4,h,w]
+            x = repeat_members(x, members, "hflip")  # [N·B,3,h,w]: the image, then its mirror (with tta)
+            z_x = self.encode_image(x, generator)  # [N·B,4,h,w]
         else:
             if image_latents.ndim != 4 or image_latents.shape[1] != 4:
                 raise ValueError(f"image_latents must be [B,4,h,w], got shape {tuple(image_latents.shape)}.")
-            z_x = image_latents.to(self.device, self.dtype)
+            z_x = repeat_members(image_latents.to(self.device, self.dtype), members, "hflip")
         # 2. Prompts: empty prompt without CFG (notext), or caption + CFG against the empty prompt.
         if prompt is None and prompt_embeds is None:
             fn = unet_velocity_fn(self.unet, self.encode_prompt(""))
@@ -225,9 +250,70 @@ class DMPPipeline:
         back = size if resize_back and size is not None else tuple(decoded.shape[-2:])
         if task == "depth":
             raw = (decoded.mean(dim=1) / 2 + 0.5).clamp(min=0)  # official target_mode 'F'
-            raw = resize_bicubic(raw[:, None], back)[:, 0]  # [B,H,W]
+            raw = resize_bicubic(raw[:, None], back)[:, 0]  # [N·B,H,W]
+            unc = None
+            if members > 1:
+                align = "none" if target_scale > 0 else "scale_shift"  # metric depth is never rescaled
+                ens = ensemble_scalar(unflip_members(split_members(raw, 2), tta), None, align, ensemble_reduction)
+                raw, unc = ens.values, ens.uncertainty
             if target_scale > 0:
-                return DenseOutput(raw * target_scale, METRIC_DEPTH, target_scale, latents=z)
-            return DenseOutput(normalize_depth(raw, "per_image"), RELATIVE_DEPTH, latents=z)
-        unit = resize_bicubic(decoded_to_unit(decoded), back).clamp(0, 1)  # [B,3,H,W], official target_mode 'RGB'
-        return DenseOutput(image=unit, normals=dmp_normals(unit) if task == "normals" else None, latents=z)
+                unc = None if unc is None else unc * target_scale
+                return DenseOutput(raw * target_scale, METRIC_DEPTH, target_scale, latents=z, uncertainty=unc)
+            lo, hi = raw.amin(dim=(1, 2), keepdim=True), raw.amax(dim=(1, 2), keepdim=True)
+            unc = None if unc is None else unc / (hi - lo).clamp_min(1e-8)  # the read-out's per-image range
+            return DenseOutput(normalize_depth(raw, "per_image"), RELATIVE_DEPTH, latents=z, uncertainty=unc)
+        unit = resize_bicubic(decoded_to_unit(decoded), back).clamp(0, 1)  # [N·B,3,H,W], official target_mode 'RGB'
+        if task == "image":
+            return DenseOutput(image=unit, latents=z)
+        normals = dmp_normals(unit)  # [N·B,3,H,W]
+        if members == 1:
+            return DenseOutput(image=unit, normals=normals, latents=z)
+        members_n = unflip_members(split_members(normals.permute(0, 2, 3, 1), 2), tta, normals=True)
+        ens = ensemble_normals(members_n, None, ensemble_reduction)  # [B,H,W,3]
+        normals = ens.values.permute(0, 3, 1, 2)
+        return DenseOutput(image=normals_to_image(normals), normals=normals, latents=z, uncertainty=ens.uncertainty)
+
+    @torch.no_grad()
+    def video_depth(
+        self,
+        frames: torch.Tensor,
+        chunk_size: int = 8,
+        latent_blend: float = 0.0,
+        align: str = "none",
+        num_inference_steps: int = DEFAULT_STEPS,
+        prompt_embeds: torch.Tensor | None = None,
+        processing_resolution: int = PROCESSING_RESOLUTION,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> DenseOutput:
+        """DMP depth of a video ``frames`` [T,3,H,W] in [0, 1], ``chunk_size`` frames per batch (``dense.video``).
+
+        Each frame as the official call (resize, 5 steps, empty prompt or ``prompt_embeds`` without guidance) with
+        the posterior mean as z_x, so the run is deterministic, and the raw read-out (mean/2 + 0.5, ≥ 0, bicubic back)
+        without per-frame min-max. ``latent_blend`` β starts frame t from (1 − β)·z_x + β·ẑ (the previous chunk's last
+        prediction latent); ``align`` puts every frame on one scale. Returns ``depth`` [T,H,W] (SEQUENCE_DEPTH).
+        """
+        check_steps(num_inference_steps)
+        _check_frames(frames)
+        cond = self.encode_prompt("") if prompt_embeds is None else prompt_embeds.to(self.device, self.dtype)
+        fn = unet_velocity_fn(self.unet, cond)
+        size = tuple(frames.shape[-2:])
+        sf = self.vae.config.scaling_factor
+
+        def estimate(first: int, stop: int, previous: torch.Tensor | None):
+            x = resize_bicubic(to_model_input(frames[first:stop]), official_size(*size, processing_resolution))
+            z_x = self.encode_image(x, posterior="mode")  # [c,4,h,w]
+            z = sample_dmp(fn, blend_start(z_x, previous, latent_blend), num_inference_steps, "standard")
+            decoded = self.vae.decode(z / sf).sample.float()  # [c,3,h',w']
+            raw = (decoded.mean(dim=1) / 2 + 0.5).clamp(min=0)  # official target_mode 'F', not normalised
+            return resize_bicubic(raw[:, None], size)[:, 0], z
+
+        result = run_video(len(frames), size, estimate, chunk_size, align, latent_blend, progress=progress)
+        return DenseOutput(depth=result.depth, depth_kind=SEQUENCE_DEPTH)
+
+
+def _check_frames(frames: torch.Tensor) -> None:
+    if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
+        shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+        raise ValueError(f"frames must be a [T,3,H,W] tensor in [0, 1], got {shape}.")
+    check_not_empty(frames, "frames", "TCHW")
+    check_finite(frames, "frames", "TCHW")

@@ -15,14 +15,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dense.ensemble import check_ensemble_size, check_reduction, ensemble_scalar, repeat_members, split_members
 from ..dense.outputs import AFFINE_DEPTH, DenseOutput
 from ..dense.readout import decoded_to_unit, merge_depth_from_unit
+from ..dense.video import OFFICIAL_BLEND, SEQUENCE_DEPTH, blend_start, frame_noise, run_video
 from ..io.checkpoints import (
     TRANSFORMERS_WEIGHTS,
     require_model_folder,
     require_tokenizer_folder,
     scheduler_config,
 )
+from ..io.checks import check_finite, check_not_empty
 from ..io.prompt_embeddings import load_prompt_embedding
 from ..io.resolution import classify_bin
 from .converters import MergeConverters, load_converters
@@ -162,6 +165,8 @@ class MergePipeline:
         resolution_binning: bool = True,
         posterior: str = "sample",
         callback: StepCallback | None = None,
+        ensemble_size: int = 1,
+        ensemble_reduction: str = "median",
     ) -> DenseOutput:
         """MERGE depth (official ``merge_process``): ``depth`` [B,H,W] in [0, 1], 0 = near, affine-invariant.
 
@@ -169,6 +174,9 @@ class MergePipeline:
         factor) replace the VAE encoding of the image at the processing size; then ``image`` only gives the size to
         resize back to (it may be None: the output keeps the latent's size × 8). ``latents`` [B,4,h,w] replace the
         starting noise N(0, I). Random draws from ``generator`` in the official order: posterior sample, then noise.
+        ``ensemble_size`` N > 1 runs N noises per image in one batch (member-major: ``latents`` then are [N·B,4,h,w])
+        and combines them (``dense.ensemble``: least-squares scale and shift, ``ensemble_reduction`` median or mean);
+        the output's ``uncertainty`` is the spread (MAD or std) in depth units. N = 1 is the official single run.
         """
         from diffusers.image_processor import VaeImageProcessor
 
@@ -176,6 +184,8 @@ class MergePipeline:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
         if posterior not in ("sample", "mode"):
             raise ValueError(f"posterior must be 'sample' (official) or 'mode', got {posterior!r}.")
+        check_ensemble_size(ensemble_size)
+        check_reduction(ensemble_reduction, "ensemble_reduction")
         if image is None and image_latents is None:
             raise ValueError("Give `image` (PIL image or [B,3,H,W] tensor in [0, 1]) or `image_latents`.")
         # 1. Size: the nearest PixArt-α 512 bin, or the image's own size (multiple of 16).
@@ -196,6 +206,7 @@ class MergePipeline:
             z_img = (dist.sample(generator) if posterior == "sample" else dist.mode()) * sf  # [B,4,h/8,w/8]
         else:
             z_img = _check_latents(image_latents, (h // 8, w // 8), "image_latents").to(self.device, self.dtype)
+        z_img = repeat_members(z_img, ensemble_size)  # [N·B,4,h/8,w/8], member-major
         if latents is None:
             latents = torch.randn(z_img.shape, generator=generator, dtype=torch.float32)
         z = _check_latents(latents, tuple(z_img.shape[-2:]), "latents", z_img.shape[0]).to(self.device, self.dtype)
@@ -213,8 +224,49 @@ class MergePipeline:
         decoded = self.vae.decode(z / sf).sample.float()  # [B,3,h,w] in ~[-1,1]
         if (h, w) != (orig_h, orig_w):
             decoded = F.interpolate(decoded, size=(orig_h, orig_w), mode="bilinear", align_corners=False)
-        depth = merge_depth_from_unit(decoded_to_unit(decoded))  # [B,H,W]
-        return DenseOutput(depth=depth, depth_kind=AFFINE_DEPTH, latents=z)
+        depth = merge_depth_from_unit(decoded_to_unit(decoded))  # [N·B,H,W]
+        if ensemble_size == 1:
+            return DenseOutput(depth=depth, depth_kind=AFFINE_DEPTH, latents=z)
+        ens = ensemble_scalar(split_members(depth, ensemble_size), align="scale_shift", reduction=ensemble_reduction)
+        return DenseOutput(depth=ens.values, depth_kind=AFFINE_DEPTH, latents=z, uncertainty=ens.uncertainty)
+
+    @torch.no_grad()
+    def video_depth(
+        self,
+        frames: torch.Tensor,
+        chunk_size: int = 8,
+        seed: int = 0,
+        shared_noise: bool = True,
+        latent_blend: float = OFFICIAL_BLEND,
+        align: str = "previous",
+        num_inference_steps: int = 20,
+        resolution_binning: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> DenseOutput:
+        """MERGE depth of a video ``frames`` [T,3,H,W] in [0, 1], ``chunk_size`` frames per batch (``dense.video``).
+
+        Each chunk is :meth:`estimate_depth` (official steps, binning, read-out) with the posterior mean as the image
+        latent and the starting noise given: one ε from ``seed`` for every frame (``shared_noise``; else frame t draws
+        from seed + t), blended with the previous chunk's last final latent, (1 − β)·ε + β·ẑ, β = ``latent_blend``
+        (diffusers' Marigold video example); ``align`` puts every frame on one scale. Returns ``depth`` [T,H,W].
+        """
+        if not isinstance(frames, torch.Tensor) or frames.ndim != 4 or frames.shape[1] != 3:
+            shape = tuple(frames.shape) if isinstance(frames, torch.Tensor) else type(frames).__name__
+            raise ValueError(f"frames must be a [T,3,H,W] tensor in [0, 1], got {shape}.")
+        check_not_empty(frames, "frames", "TCHW")
+        check_finite(frames, "frames", "TCHW")
+        size = tuple(frames.shape[-2:])
+        h, w = classify_bin(*size) if resolution_binning else size
+
+        def estimate(first: int, stop: int, previous: torch.Tensor | None):
+            noise = frame_noise((4, h // 8, w // 8), first, stop, seed, shared_noise)  # [c,4,h/8,w/8]
+            start = blend_start(noise, previous, latent_blend)
+            options = dict(latents=start, resolution_binning=resolution_binning, posterior="mode")
+            out = self.estimate_depth(frames[first:stop], num_inference_steps, **options)
+            return out.depth, out.latents
+
+        result = run_video(len(frames), size, estimate, chunk_size, align, latent_blend, progress=progress)
+        return DenseOutput(depth=result.depth, depth_kind=SEQUENCE_DEPTH)
 
     @torch.no_grad()
     def generate(
