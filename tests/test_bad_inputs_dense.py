@@ -66,6 +66,7 @@ def env(comfy, tmp_path_factory, one_thread):
     yield E
     comfy.folder_paths.set_input_directory(old_in)
     comfy.folder_paths.set_output_directory(old_out)
+    E.clear()  # free the VAE's ModelPatcher while ComfyUI is alive (no ON_DETACH traceback at exit)
 
 
 def save(d, fmt="exr", conv="opengl", rng="per_image", low=0.0, high=1.0, prefix="x"):
