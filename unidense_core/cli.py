@@ -3,6 +3,9 @@
 selfcheck                 run every capability end to end on tiny random models (no downloads)
 merge-depth               depth from an image with PixArt-α + MERGE converters (local folders only)
 merge-generate            text-to-image with the same PixArt-α
+train merge|dmp|jointnet  train converters / a LoRA / the depth branch (accelerate; official recipes)
+evaluate                  depth metrics on NYUv2, KITTI, ETH3D, ScanNet, DIODE or a pair folder
+infer                     depth for a folder of images, sharded over accelerate processes, resumable
 """
 
 from __future__ import annotations
@@ -33,7 +36,16 @@ def main(argv: list[str] | None = None) -> int:
         else:
             p.add_argument("--prompt", required=True)
             p.add_argument("--cfg", type=float, default=4.5)
+    # --- train / evaluate / infer: registered by their own modules (unidense_core/training, unidense_core/evaluation)
+    from .evaluation.cli import add_cli as add_evaluation_cli
+    from .training.cli import add_cli as add_training_cli
+
+    add_training_cli(sub)
+    add_evaluation_cli(sub)
+    # ---
     args = ap.parse_args(argv)
+    if hasattr(args, "func"):
+        return args.func(args)
     if args.command == "selfcheck":
         from .selfcheck import run
 

@@ -1,0 +1,176 @@
+"""Training and batch inference at scale through the real command line: two CPU processes under
+``accelerate launch`` give the same update as one process with the doubled batch, a resumed run continues the
+uninterrupted loss curve exactly, and batch inference shards a folder, writes each output once and resumes."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from training_env import converters_folder, empty_prompt, launch, pixart_folder
+
+from unidense_core.cli import main
+from unidense_core.evaluation.batch import list_images, output_path, remove_partial_files, run_batch
+from unidense_core.io.checkpoints import load_state_dict
+from unidense_core.training.synthetic import write_scene_folder
+from unidense_core.training.trackers import read_jsonl
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate")
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Each in-process run starts from a clean accelerate state (it is a process-wide singleton)."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_env")
+    write_scene_folder(root / "data", 8, 32, 32, seed=0, holes=False)  # equal valid counts: see the 2-process test
+    return dict(
+        root=root,
+        pixart=pixart_folder(root / "pixart"),
+        empty=empty_prompt(root / "empty.safetensors"),
+        data=str(root / "data"),
+    )
+
+
+def train_args(env, out, batch, steps, *extra):
+    args = [
+        "train", "merge", "--pixart", env["pixart"], "--empty-prompt", env["empty"], "--data", "folder", env["data"],
+        "--output", out, "--max-steps", steps, "--batch-size", batch, "--mixed-precision", "no", "--cpu",
+        "--num-workers", "0", "--no-progress", "--lr", "1e-3", "--warmup", "2", "--seed", "3", *extra,
+    ]  # fmt: skip
+    return [str(a) for a in args]
+
+
+def losses(out):
+    return [r["loss"] for r in read_jsonl(os.path.join(out, "logs", "metrics.jsonl")) if "loss" in r]
+
+
+def converters(out):
+    return load_state_dict(os.path.join(out, "depth_converters", "diffusion_pytorch_model.safetensors"))
+
+
+def test_two_processes_equal_one_process_with_the_doubled_batch(env):
+    one, two = str(env["root"] / "one"), str(env["root"] / "two")
+    assert main(train_args(env, one, 4, 2, "--adam-epsilon", "1e-3")) == 0
+    launch(train_args(env, two, 2, 2, "--adam-epsilon", "1e-3"), num_processes=2)
+    with open(os.path.join(two, "logs", "config.json")) as f:
+        assert json.load(f)["processes"] == 2
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)  # mean over processes == mean over the batch
+    a, b = converters(one), converters(two)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6, msg=k)
+    moved = max((a[k] - converters_init(env)[k]).abs().max().item() for k in a)
+    assert moved > 1e-4  # the runs did update the converters
+
+
+def converters_init(env, cache={}):  # noqa: B006 - memo of the initial converters
+    if "init" not in cache:
+        from diffusers import PixArtTransformer2DModel
+
+        from unidense_core.merge.train import init_converters_from_base
+
+        torch.manual_seed(3)
+        base = PixArtTransformer2DModel.from_pretrained(os.path.join(env["pixart"], "transformer"))
+        cache["init"] = init_converters_from_base(base).state_dict()
+    return cache["init"]
+
+
+def test_resume_continues_the_same_loss_curve(env):
+    full, resumed = str(env["root"] / "full"), str(env["root"] / "resumed")
+    assert main(train_args(env, full, 2, 4, "--checkpoint-every", "2")) == 0
+    os.makedirs(os.path.join(resumed, "checkpoints"))
+    name = os.path.join("checkpoints", "checkpoint-0000002")
+    shutil.copytree(os.path.join(full, name), os.path.join(resumed, name))
+    assert main(train_args(env, resumed, 2, 4, "--resume", "latest")) == 0
+    assert len(losses(full)) == 4 and len(losses(resumed)) == 2  # steps 3 and 4 only
+    np.testing.assert_allclose(losses(resumed), losses(full)[2:], rtol=1e-6)
+    a, b = converters(full), converters(resumed)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Batch inference
+
+
+@pytest.fixture(scope="module")
+def infer_env(env):
+    root = env["root"]
+    images = root / "images"
+    write_scene_folder(images / "tmp", 6, 32, 48, seed=4)
+    os.makedirs(images / "sub", exist_ok=True)
+    for i, name in enumerate(sorted(os.listdir(images / "tmp" / "rgb"))):
+        shutil.move(str(images / "tmp" / "rgb" / name), str(images / ("sub" if i % 2 else ".") / name))
+    shutil.rmtree(images / "tmp")
+    conv = converters_folder(root / "conv")
+    args = ["--method", "merge", "--pixart", env["pixart"], "--converters", conv, "--empty-prompt", env["empty"],
+            "--steps", "2", "--no-binning", "--cpu", "--seed", "5"]  # fmt: skip
+    return dict(images=str(images), args=args, converters=conv)
+
+
+def estimator_for(env, infer_env):
+    from unidense_core.evaluation.estimators import MergeEstimator
+    from unidense_core.merge.pipeline import MergePipeline
+
+    pipe = MergePipeline.from_folders(env["pixart"], infer_env["converters"], empty_prompt_path=env["empty"])
+    return MergeEstimator(pipe, steps=2, resolution_binning=False)
+
+
+def test_two_process_inference_writes_each_output_once_and_equals_one_process(env, infer_env, tmp_path):
+    out2 = str(tmp_path / "two")
+    run = launch(["infer", *infer_env["args"], "--input", infer_env["images"], "--output", out2], num_processes=2)
+    counts = [line for line in run.stdout.splitlines() if line.startswith("process ")]
+    assert sorted(counts) == ["process 0: wrote 3, skipped 0 finished, of 3 assigned",
+                              "process 1: wrote 3, skipped 0 finished, of 3 assigned"]  # fmt: skip
+    names = list_images(infer_env["images"])
+    assert len(names) == 6 and any(n.startswith("sub" + os.sep) for n in names)
+    torch.set_num_threads(1)  # as each launched process
+    stats = run_batch(estimator_for(env, infer_env), infer_env["images"], str(tmp_path / "one"), "npy", seed=5)
+    assert sorted(stats.written) == names
+    for rel in names:
+        a = np.load(output_path(str(tmp_path / "one"), rel, "npy"))
+        b = np.load(output_path(out2, rel, "npy"))
+        assert a.shape == (32, 48)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=rel)
+
+
+def test_interrupted_inference_resumes_without_redoing_finished_files(env, infer_env, tmp_path):
+    out = str(tmp_path / "out")
+    est = estimator_for(env, infer_env)
+    done = []
+
+    def interrupt_after_two(path):
+        done.append(path)
+        if len(done) == 2:
+            raise KeyboardInterrupt  # the run is killed here
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(est, infer_env["images"], out, "png16", seed=5, on_written=interrupt_after_two)
+    stamps = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in done}
+    stale = os.path.join(os.path.dirname(done[0]), ".scene_0009.abc.partial.png")  # what a kill mid-write leaves
+    with open(stale, "wb") as f:
+        f.write(b"partial")
+
+    assert remove_partial_files(out) == 1 and not os.path.exists(stale)
+    stats = run_batch(est, infer_env["images"], out, "png16", seed=5)
+    assert len(stats.skipped) == 2 and len(stats.written) == 4
+    assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in done} == stamps  # not rewritten
+    full = run_batch(est, infer_env["images"], str(tmp_path / "fresh"), "png16", seed=5)
+    for rel in full.written:  # the resumed folder equals an uninterrupted run
+        a = np.asarray(Image.open(output_path(out, rel, "png16")))
+        b = np.asarray(Image.open(output_path(str(tmp_path / "fresh"), rel, "png16")))
+        np.testing.assert_array_equal(a, b)
