@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_env import converters_folder, empty_prompt, launch, pixart_folder
+from training_env import converters_folder, empty_prompt, launch, pixart_folder, sd_folder
 
 from unidense_core.cli import main
 from unidense_core.evaluation.batch import list_images, output_path, remove_partial_files, run_batch
@@ -92,15 +92,52 @@ def converters_init(env, cache={}):  # noqa: B006 - memo of the initial converte
 def test_resume_continues_the_same_loss_curve(env):
     full, resumed = str(env["root"] / "full"), str(env["root"] / "resumed")
     assert main(train_args(env, full, 2, 4, "--checkpoint-every", "2")) == 0
-    os.makedirs(os.path.join(resumed, "checkpoints"))
-    name = os.path.join("checkpoints", "checkpoint-0000002")
-    shutil.copytree(os.path.join(full, name), os.path.join(resumed, name))
+    # the same run killed after step 3: its folder has checkpoint 2, logs up to step 3 and no result
+    shutil.copytree(full, resumed)
+    shutil.rmtree(os.path.join(resumed, "checkpoints", "checkpoint-0000004"))
+    shutil.rmtree(os.path.join(resumed, "depth_converters"))
+    rows = read_jsonl(os.path.join(resumed, "logs", "metrics.jsonl"))
+    with open(os.path.join(resumed, "logs", "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 3)
     assert main(train_args(env, resumed, 2, 4, "--resume", "latest")) == 0
-    assert len(losses(full)) == 4 and len(losses(resumed)) == 2  # steps 3 and 4 only
-    np.testing.assert_allclose(losses(resumed), losses(full)[2:], rtol=1e-6)
+    assert [r["step"] for r in read_jsonl(os.path.join(resumed, "logs", "metrics.jsonl"))] == [1, 2, 3, 4]
+    np.testing.assert_allclose(losses(resumed), losses(full), rtol=1e-6)  # steps 3 and 4 recomputed identically
     a, b = converters(full), converters(resumed)
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-6, atol=1e-7, msg=k)
+    with open(os.path.join(resumed, "logs", "metrics.csv")) as f:
+        assert f.readline().strip() == "step,loss,lr" and len(f.readlines()) == 4
+    assert open(os.path.join(resumed, "logs", "loss.svg")).read().startswith("<svg")
+    state = json.load(open(os.path.join(full, "checkpoints", "checkpoint-0000002", "unidense_state.json")))
+    assert state["step"] == 2 and state["recipe"] == "merge" and "transformer" in state["fingerprint"]
+    assert not os.path.exists(os.path.join(full, "checkpoints", "checkpoint-0000002", "model.safetensors"))
+
+
+@pytest.mark.parametrize("method", ["dmp", "jointnet"])
+def test_dmp_and_jointnet_train_from_the_command_line(env, method, tmp_path):
+    from unidense_core.dmp.lora import load_lora
+    from unidense_core.jointnet.model import load_jointnet
+
+    base = sd_folder(tmp_path / "sd", sd21=method == "jointnet")
+    flag = {"dmp": "--sd", "jointnet": "--sd21"}[method]
+    extra = ["--inpaint"] if method == "jointnet" else ["--target-scale", "-1"]
+    out = str(tmp_path / "run")
+    data = str(env["root"] / "data64")
+    if not os.path.isdir(data):
+        write_scene_folder(data, 4, 64, 64, seed=1)
+    args = ["train", method, flag, base, "--empty-prompt", env["empty"], "--data", "folder", data, "--val-data",
+            "folder", data, "--validation-images", "1", "--validation-steps", "2", "--output", out, "--max-steps",
+            "2", "--batch-size", "2", "--mixed-precision", "no", "--cpu", "--num-workers", "0", "--no-progress",
+            *extra]  # fmt: skip
+    assert main(args) == 0
+    if method == "dmp":
+        lora = load_lora(os.path.join(out, "lora"))
+        assert lora.layout == "attn_processor" and len(lora.modules) == 128
+        assert any(m.up.abs().sum() > 0 for m in lora.modules.values())  # up started at 0 and moved
+    else:
+        model = load_jointnet(os.path.join(out, "jointnet_rgbd"))
+        assert model.has_masked_latent_input
+    assert os.listdir(os.path.join(out, "validation", "step-0000002"))  # validation images were written
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -133,9 +170,9 @@ def estimator_for(env, infer_env):
 def test_two_process_inference_writes_each_output_once_and_equals_one_process(env, infer_env, tmp_path):
     out2 = str(tmp_path / "two")
     run = launch(["infer", *infer_env["args"], "--input", infer_env["images"], "--output", out2], num_processes=2)
-    counts = [line for line in run.stdout.splitlines() if line.startswith("process ")]
-    assert sorted(counts) == ["process 0: wrote 3, skipped 0 finished, of 3 assigned",
-                              "process 1: wrote 3, skipped 0 finished, of 3 assigned"]  # fmt: skip
+    counts = sorted(line.split(" (")[0] for line in run.stdout.splitlines() if line.startswith("process "))
+    assert counts == ["process 0: wrote 3, skipped 0 finished, of 3 assigned",
+                      "process 1: wrote 3, skipped 0 finished, of 3 assigned"]  # fmt: skip
     names = list_images(infer_env["images"])
     assert len(names) == 6 and any(n.startswith("sub" + os.sep) for n in names)
     torch.set_num_threads(1)  # as each launched process

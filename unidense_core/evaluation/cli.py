@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 
 from ..dense.datasets import FOLDER, LAYOUTS
 from .estimators import add_estimator_args, build_estimator
@@ -138,6 +139,7 @@ def run_infer(a: argparse.Namespace) -> int:
         desc=f"infer [{state.process_index + 1}/{state.num_processes}]",
         disable=not state.is_local_main_process,
     )
+    t0 = time.perf_counter()
     stats = run_batch(
         estimator,
         a.input,
@@ -151,7 +153,7 @@ def run_infer(a: argparse.Namespace) -> int:
     bar.close()
     print(
         f"process {state.process_index}: wrote {len(stats.written)}, skipped {len(stats.skipped)} finished, "
-        f"of {stats.assigned} assigned",
+        f"of {stats.assigned} assigned ({time.perf_counter() - t0:.2f} s)",
         flush=True,
     )
     state.wait_for_everyone()

@@ -38,11 +38,11 @@ def write_report(out_dir: str, rows: Sequence[Mapping[str, Any]], settings: Mapp
         w = csv.writer(f)
         w.writerow(["name", *METRICS, *extra])
         for r in rows:
-            w.writerow([r["name"], *(f"{r[m]:.6f}" for m in METRICS), *(r.get(k, "") for k in extra)])
+            w.writerow([r["name"], *(f"{r[m]:.9g}" for m in METRICS), *(r.get(k, "") for k in extra)])
     with open(paths["csv"], "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["images", *METRICS])
-        w.writerow([len(rows), *(f"{mean[m]:.6f}" for m in METRICS)])
+        w.writerow([len(rows), *(f"{mean[m]:.9g}" for m in METRICS)])
     with open(paths["json"], "w", encoding="utf-8") as f:
         json.dump({"images": len(rows), "metrics_x100": mean, "settings": dict(settings)}, f, indent=2, default=str)
     with open(paths["md"], "w", encoding="utf-8") as f:

@@ -9,16 +9,19 @@ at one shared timestep, text dropped to "" with probability 0.15 and a noise off
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .inpaint import masked_condition
 from .model import ExchangeConfig, ExchangeLayers, JointNetBranch, JointNetRGBD
 
 TEXT_DROPOUT_STAGE1 = 0.15
 TEXT_DROPOUT_STAGE2 = 0.5
 NOISE_OFFSET = 0.05
+INPAINT_MODES = ("rgb2j", "j2rgb", "joint")  # masks drawn for the inpainting model [I]: the paper does not say
 
 
 def zero_exchange(cfg: ExchangeConfig) -> ExchangeLayers:
@@ -36,6 +39,35 @@ def jointnet_from_unet(unet: nn.Module, has_masked_latent_input: bool = False) -
     rgb = JointNetBranch(unet, zero_exchange(cfg))
     depth = JointNetBranch(copy.deepcopy(unet), zero_exchange(cfg))
     return JointNetRGBD(rgb, depth)
+
+
+def with_masked_latent_input(model: JointNetRGBD) -> JointNetRGBD:
+    """The inpainting variant of a generation JointNet (paper: resumed from stage 1 with a zero-initialised conv on
+    the masked latents): same weights, plus ``jointnet_masked_latent_conv`` = 0 in both branches."""
+    if model.has_masked_latent_input:
+        return model
+    branches = []
+    for branch in (model.rgb, model.depth):
+        cfg = replace(branch.exchange.config, has_masked_latent_input=True)
+        ex = zero_exchange(cfg).to(next(branch.exchange.parameters()).device)
+        ex.load_state_dict(branch.exchange.state_dict(), strict=False)  # everything but the new conv
+        branches.append(JointNetBranch(branch.unet, ex))
+    return JointNetRGBD(*branches)
+
+
+def inpaint_masks(modes: list[str], shape: tuple[int, int], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Latent masks (1 = generate) [B,1,h,w] for RGB and depth per sample: ``rgb2j`` keeps the image, ``j2rgb``
+    the depth, ``joint`` neither."""
+    m_rgb = torch.tensor([0.0 if m == "rgb2j" else 1.0 for m in modes], device=device)
+    m_depth = torch.tensor([0.0 if m == "j2rgb" else 1.0 for m in modes], device=device)
+    full = (len(modes), 1, *shape)
+    return m_rgb.view(-1, 1, 1, 1).expand(full), m_depth.view(-1, 1, 1, 1).expand(full)
+
+
+def training_masked_condition(modes: list[str], rgb_latent: torch.Tensor, depth_latent: torch.Tensor) -> torch.Tensor:
+    """The inpainting model's [B,10,h,w] input for the sampled modes (clean latents where kept)."""
+    m_rgb, m_depth = inpaint_masks(modes, tuple(rgb_latent.shape[-2:]), rgb_latent.device)
+    return masked_condition(m_rgb, rgb_latent, m_depth, depth_latent)
 
 
 def stage1_trainable(model: JointNetRGBD) -> list[nn.Parameter]:

@@ -111,12 +111,15 @@ def _jointnet(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stage", type=int, default=1, choices=(1, 2), help="1: RGB UNet frozen (paper); 2: all train")
     p.add_argument("--text-dropout", type=float, help="probability of the empty prompt (paper: 0.15 / 0.5)")
     p.add_argument("--noise-offset", type=float, default=0.05, help="noise offset (paper 0.05)")
+    p.add_argument("--inpaint", action="store_true", help="train the inpainting model (image->depth, depth->image)")
 
 
 def _build_jointnet(a: argparse.Namespace):
     from .jointnet_recipe import JointNetRecipe
 
-    return JointNetRecipe.from_folders(a.sd21, a.empty_prompt, a.init_jointnet, a.stage, a.text_dropout, a.noise_offset)
+    return JointNetRecipe.from_folders(
+        a.sd21, a.empty_prompt, a.init_jointnet, a.stage, a.text_dropout, a.noise_offset, a.inpaint
+    )
 
 
 def _recipes() -> dict[str, tuple[str, Callable, Callable, type]]:

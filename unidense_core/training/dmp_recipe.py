@@ -151,7 +151,8 @@ class DMPRecipe(Recipe):
 
         dtype = next(self.unet.parameters()).dtype
         ctx = self.prompts.to(images.device, dtype).empty
-        return dmp_predict_depth(self.unet, self.vae, ctx, images, steps, self.target_scale, seed)
+        scale = max(self.target_scale, 0.0)  # -1 (min-max targets) reads out min-max too: dmp_depth's 0
+        return dmp_predict_depth(self.unet, self.vae, ctx, images, steps, scale, seed)
 
     def save(self, folder: str) -> str:
         path = os.path.join(folder, self.result_name)

@@ -13,12 +13,15 @@ from ..io.checkpoints import require_subfolder, scheduler_config
 from ..jointnet.model import JointNetRGBD, load_jointnet, save_jointnet
 from ..jointnet.pipeline import SD21_BASE_SCHEDULER, SD21_FOLDER_HINT, JointNetPipeline
 from ..jointnet.train import (
+    INPAINT_MODES,
     NOISE_OFFSET,
     TEXT_DROPOUT_STAGE1,
     TEXT_DROPOUT_STAGE2,
     jointnet_from_unet,
     jointnet_training_loss,
     stage1_trainable,
+    training_masked_condition,
+    with_masked_latent_input,
 )
 from ..merge.train import latent_valid_mask
 from .data import disparity_quantile_normalize, generator, mix_seed
@@ -35,14 +38,15 @@ class JointNetTrainStep(nn.Module):
         self.model = model
         self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
 
-    def forward(self, rgb_latent, depth_latent, timesteps, noise, context, valid_latent):
+    def forward(self, rgb_latent, depth_latent, timesteps, noise, context, valid_latent, masked=None):
         return jointnet_training_loss(
-            self.model, rgb_latent, depth_latent, timesteps, noise, self.alphas_cumprod, context, valid_latent
+            self.model, rgb_latent, depth_latent, timesteps, noise, self.alphas_cumprod, context, valid_latent, masked
         )
 
 
 class JointNetRecipe(Recipe):
-    """JointNet stage 1 (RGB UNet frozen; depth copy + zero-initialised exchange convs) or stage 2 (all)."""
+    """JointNet stage 1 (RGB UNet frozen; depth copy + zero-initialised exchange convs) or stage 2 (all); with
+    ``inpaint`` the inpainting model (masked-latent conv; masks drawn uniformly from rgb2j / j2rgb / joint [I])."""
 
     name = "jointnet"
     official = OfficialSettings(
@@ -72,6 +76,7 @@ class JointNetRecipe(Recipe):
         stage: int = 1,
         text_dropout: float | None = None,
         noise_offset: float = NOISE_OFFSET,
+        inpaint: bool = False,
     ):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 (RGB UNet frozen) or 2 (everything trains), got {stage!r}.")
@@ -83,6 +88,9 @@ class JointNetRecipe(Recipe):
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"text_dropout must be a probability in [0, 1], got {self.text_dropout}.")
         self.noise_offset = noise_offset
+        self.inpaint = inpaint
+        if inpaint:  # the inpainting model (rgbd_inpaint_sd21b): masked-latent conv, zero-initialised if new
+            model = self.model = with_masked_latent_input(model)
         if stage == 1:
             stage1_trainable(model)
         else:
@@ -99,6 +107,7 @@ class JointNetRecipe(Recipe):
         stage: int = 1,
         text_dropout: float | None = None,
         noise_offset: float = NOISE_OFFSET,
+        inpaint: bool = False,
     ) -> JointNetRecipe:
         """SD 2.1-base (UNet, VAE, scheduler, CLIP) from a local folder; ``init_jointnet`` continues a JointNet."""
         from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -113,7 +122,7 @@ class JointNetRecipe(Recipe):
         vae = AutoencoderKL.from_pretrained(sub("vae"), local_files_only=True)
         prompts = load_prompt_bank(sd21_dir, empty_prompt_path, SD21_FOLDER_HINT)
         sched = scheduler_config(sd21_dir, SD21_BASE_SCHEDULER)
-        return cls(model, vae, prompts, sched, stage, text_dropout, noise_offset)
+        return cls(model, vae, prompts, sched, stage, text_dropout, noise_offset, inpaint)
 
     def target(self, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return disparity_quantile_normalize(depth, valid)
@@ -143,7 +152,7 @@ class JointNetRecipe(Recipe):
             dropped = float(torch.rand(1, generator=generator(mix_seed(s, 5)))) < self.text_dropout
             captions.append("" if dropped else caption)
         factor = rgb.shape[-1] // z_rgb.shape[-1]
-        return dict(
+        out = dict(
             rgb_latent=z_rgb,
             depth_latent=z_depth,
             timesteps=sample_timesteps(seeds, 3, len(self.alphas_cumprod), device),
@@ -151,6 +160,10 @@ class JointNetRecipe(Recipe):
             context=self.prompts.to(device, dtype)(captions),
             valid_latent=latent_valid_mask(batch["valid"].to(device), factor),
         )
+        if self.inpaint:
+            modes = [INPAINT_MODES[int(torch.randint(3, (1,), generator=generator(mix_seed(s, 6))))] for s in seeds]
+            out["masked"] = training_masked_condition(modes, z_rgb, z_depth)
+        return out
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, steps: int, seed: int = 0) -> torch.Tensor:
@@ -173,4 +186,9 @@ class JointNetRecipe(Recipe):
         return path
 
     def describe(self) -> dict[str, Any]:
-        return {"stage": self.stage, "text_dropout": self.text_dropout, "noise_offset": self.noise_offset}
+        return {
+            "stage": self.stage,
+            "text_dropout": self.text_dropout,
+            "noise_offset": self.noise_offset,
+            "inpaint": self.inpaint,
+        }

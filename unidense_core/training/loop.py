@@ -232,9 +232,6 @@ def train(recipe: Recipe, train_sets: list[RGBDSet], cfg: TrainConfig, val_set: 
         else:
             accelerator.load_state(path)
             start = int(hooks.loaded["step"])
-            for t in accelerator.trackers:
-                if isinstance(t, JsonlTracker):
-                    t.truncate(start)
             logger.info("Resumed from '%s' at step %d.", path, start)
     if accelerator.is_main_process:
         accelerator.init_trackers(
@@ -248,6 +245,9 @@ def train(recipe: Recipe, train_sets: list[RGBDSet], cfg: TrainConfig, val_set: 
                 **{f"recipe_{k}": v for k, v in recipe.describe().items()},
             },
         )
+        for t in accelerator.trackers:
+            if isinstance(t, JsonlTracker):
+                t.truncate(start)  # a resumed run logs the steps after its checkpoint again
     result = TrainResult(os.path.join(cfg.output_dir, recipe.result_name), start)
     validator = _Validator(recipe, val_set, cfg, accelerator) if val_set is not None else None
     if validator and start == 0:
