@@ -3,6 +3,7 @@ ComfyUI's Preview3D opens."""
 
 from __future__ import annotations
 
+import math
 import os
 
 import folder_paths
@@ -12,13 +13,15 @@ from comfy_api.latest import io, ui
 from ..unidense_core.dense.geometry3d import (
     DEPTH_KINDS,
     FORMATS,
+    check_geometry,
     depth_from_map,
     require_trimesh,
     rgbd_to_geometry,
     save_geometry,
 )
+from ..unidense_core.dense.readout import quantile_normalize as quantile_norm
 from ..unidense_core.dense.readout import resize_depth, save_depth_png16
-from ..unidense_core.jointnet.inpaint import as_mask
+from ..unidense_core.io.checks import check_choice, check_image, check_mask
 
 PROJECTIONS = {  # node choice -> (projection, span)
     "perspective": ("perspective", 360.0),
@@ -26,6 +29,22 @@ PROJECTIONS = {  # node choice -> (projection, span)
     "cylindrical_180": ("cylindrical", 180.0),
     "equirectangular": ("equirectangular", 360.0),
 }
+
+
+def _save_path(filename_prefix: str, width: int = 0, height: int = 0) -> tuple[str, str, int, str]:
+    """ComfyUI's (folder, name, counter, subfolder) for a prefix; its refusal (a path outside the output folder)
+    becomes an error that names the input."""
+    try:
+        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height
+        )
+    except Exception as exc:  # ComfyUI raises a bare Exception for prefixes outside the output folder
+        raise ValueError(
+            f"filename_prefix {filename_prefix!r} cannot be used ({exc}). Use a name or a subfolder/name inside the "
+            "output folder."
+        ) from exc
+    os.makedirs(full_dir, exist_ok=True)
+    return full_dir, name, counter, subfolder
 
 
 class SaveRGBD3D(io.ComfyNode):
@@ -127,23 +146,30 @@ class SaveRGBD3D(io.ComfyNode):
         filename_prefix: str,
     ) -> io.NodeOutput:
         require_trimesh()  # fail before any work when the optional dependency is missing
-        if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {list(PROJECTIONS)}, got {projection!r}.")
-        if image.ndim != 4 or depth.ndim != 4:
-            raise ValueError(
-                f"image and depth must be IMAGEs [B,H,W,C], got {tuple(image.shape)}, {tuple(depth.shape)}."
-            )
+        check_choice(projection, "projection", list(PROJECTIONS))
+        check_choice(depth_kind, "depth_kind", list(DEPTH_KINDS))
+        check_choice(format, "format", list(FORMATS))
+        check_image(image, "image", channels=(3, 4))
+        check_image(depth, "depth")
+        for name, value in (("scale", scale), ("shift", shift), ("fov", fov), ("max_depth_ratio", max_depth_ratio)):
+            if not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}.")
         if depth.shape[0] not in (1, image.shape[0]):
             raise ValueError(f"depth has {depth.shape[0]} images for {image.shape[0]} colour images.")
         proj, span = PROJECTIONS[projection]
         values = resize_depth(depth[..., 0].float(), tuple(image.shape[1:3]))  # [B,H,W]
-        out_dir = folder_paths.get_output_directory()
-        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(filename_prefix, out_dir)
-        ext = "glb" if format.startswith("glb") else "ply"
-        results, files = [], []
+        # 1. All geometry first, checked as the viewer needs it: a bad input writes no file at all.
+        geometries = []
         for i in range(image.shape[0]):
             d = depth_from_map(values[min(i, values.shape[0] - 1)], depth_kind, scale, shift)
-            vertices, colors, faces = rgbd_to_geometry(image[i], d, proj, fov, span, step, max_depth_ratio)
+            geometry = rgbd_to_geometry(image[i], d, proj, fov, span, step, max_depth_ratio)
+            check_geometry(*geometry, format)
+            geometries.append(geometry)
+        # 2. The files.
+        full_dir, name, counter, subfolder = _save_path(filename_prefix)
+        ext = "glb" if format.startswith("glb") else "ply"
+        results, files = [], []
+        for vertices, colors, faces in geometries:
             filename = f"{name}_{counter:05}_.{ext}"
             save_geometry(os.path.join(full_dir, filename), vertices, colors, faces, format)
             results.append(ui.SavedResult(filename, subfolder, io.FolderType.output))
@@ -178,13 +204,16 @@ class SaveDepth16(io.ComfyNode):
 
     @classmethod
     def execute(cls, depth: torch.Tensor, filename_prefix: str, quantile_normalize: bool = False) -> io.NodeOutput:
-        d = as_mask(depth, "depth")[:, 0]  # [B,H,W]
+        d = check_mask(depth, "depth").float()
+        d = d[None] if d.ndim == 2 else d  # [B,H,W]
         if quantile_normalize:
-            d = quantile_normalize(d)
-        out_dir = folder_paths.get_output_directory()
-        full_dir, name, counter, subfolder, _ = folder_paths.get_save_image_path(
-            filename_prefix, out_dir, d.shape[-1], d.shape[-2]
-        )
+            d = quantile_norm(d)
+        elif d.min() < 0 or d.max() > 1:
+            raise ValueError(
+                f"depth holds values in [{float(d.min()):.4g}, {float(d.max()):.4g}], but a 16-bit PNG stores [0, 1] "
+                "as 0..65535 and would clip the rest. Turn quantile_normalize on, or normalise the depth first."
+            )
+        full_dir, name, counter, subfolder = _save_path(filename_prefix, d.shape[-1], d.shape[-2])
         files, saved = [], []
         for i in range(d.shape[0]):
             filename = f"{name}_{counter + i:05}_.png"

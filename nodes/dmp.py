@@ -3,8 +3,6 @@ SIGMAS for SamplerCustomAdvanced), the read-outs per task and the processing res
 
 from __future__ import annotations
 
-import logging
-
 import comfy.lora
 import comfy.model_management as mm
 import comfy.model_sampling
@@ -36,9 +34,16 @@ from ..unidense_core.dmp.sampler import (
     dmp_sigmas,
     sample_interp,
 )
+from ..unidense_core.io.checks import (
+    check_choice,
+    check_conditioning,
+    check_finite,
+    check_image,
+    check_latent,
+    check_number,
+    check_reference,
+)
 from ..unidense_core.io.resolution import RESIZE_SIDES, resize_for_processing, resize_image
-
-logger = logging.getLogger(__name__)
 
 CATEGORY = "UniDense/DMP"
 LORA_FOLDER = "loras"  # ComfyUI's stock LoRA folder; official checkpoint folders go to loras/dmp/<name>/
@@ -57,6 +62,17 @@ def is_v_prediction(model_sampling) -> bool:
     return isinstance(model_sampling, comfy.model_sampling.V_PREDICTION) and not isinstance(
         model_sampling, comfy.model_sampling.EDM
     )
+
+
+def check_sd1_model(model_config, name: str = "model") -> None:
+    """DMP runs SD 1.x UNets (ComfyUI's SD15 family with 4 latent channels); anything else is refused by name."""
+    unet_config = getattr(model_config, "unet_config", None) or {}
+    if not isinstance(model_config, comfy.supported_models.SD15) or unet_config.get("in_channels", 4) != 4:
+        raise ValueError(
+            f"The DMP sampler runs SD 1.x UNet models (ComfyUI's SD15: SD 1.4, SD 1.5 and their fine-tunes) with a "
+            f"DMP LoRA; this {name} is {type(model_config).__name__}. Load sd-v1-4.ckpt with Load Checkpoint and the "
+            "LoRA with 'UniDense Load DMP LoRA'."
+        )
 
 
 def v_prediction_clone(model):
@@ -102,6 +118,8 @@ def lora_patched_clone(model, lora: LoraWeights, strength: float = 1.0):
 def sample_dmp_comfy(model, x, sigmas, extra_args=None, callback=None, disable=None, oracle=False):
     """:func:`sample_interp` with checks only ComfyUI can make: the model must be in v-prediction, the noise off."""
     base = getattr(getattr(model, "inner_model", None), "inner_model", None)  # KSamplerX0Inpaint -> guider -> model
+    if base is not None:
+        check_sd1_model(getattr(base, "model_config", None), "MODEL")
     ms = getattr(base, "model_sampling", None)
     if ms is not None and not is_v_prediction(ms):
         raise ValueError(
@@ -111,30 +129,30 @@ def sample_dmp_comfy(model, x, sigmas, extra_args=None, callback=None, disable=N
     noise = getattr(model, "noise", None)
     if noise is not None and torch.count_nonzero(noise) > 0:
         raise ValueError("DMP starts from the image latent without noise: give SamplerCustomAdvanced 'DisableNoise'.")
-    return sample_interp(model, x, sigmas, extra_args, callback, disable, oracle=oracle)
+    check_finite(x, "latent_image", "BChw")
+    out = sample_interp(model, x, sigmas, extra_args, callback, disable, oracle=oracle)
+    bad = int((~torch.isfinite(out)).sum())
+    if bad:
+        raise RuntimeError(
+            f"The DMP sampler produced {bad} non-finite value(s) out of {out.numel()} from finite inputs: the model "
+            "overflowed (fp16?) or holds NaN weights. Load the model in fp32/bf16, or check the checkpoint and LoRA."
+        )
+    return out
 
 
 def check_image_latent(model, latent: dict) -> torch.Tensor:
     """The image latent of a LATENT, checked against what DMP and the MODEL need."""
-    samples = latent["samples"]
-    if samples.ndim != 4:
-        raise ValueError(f"latent_image must be an image latent [B,4,h,w]; got shape {tuple(samples.shape)}.")
+    check_sd1_model(getattr(getattr(model, "model", None), "model_config", None))
+    samples = check_latent(latent, "latent_image")
     if samples.shape[1] != LATENT_CHANNELS:
         raise ValueError(
             f"latent_image has {samples.shape[1]} channels: it comes from another VAE family (SD3/Flux have 16). "
             "DMP needs the 4-channel SD 1.x VAE latent: encode the image with VAEEncode and the SD 1.x "
             "checkpoint's VAE."
         )
-    fmt = model.get_model_object("latent_format")
-    if getattr(fmt, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS:
-        raise ValueError(f"This MODEL works on {fmt.latent_channels}-channel latents; DMP needs an SD 1.x model.")
     if torch.count_nonzero(samples) == 0:
         raise ValueError(
             "latent_image is all zeros (an empty latent?). DMP predicts from the image: connect VAEEncode(image)."
-        )
-    if not isinstance(getattr(model.model, "model_config", None), comfy.supported_models.SD15):
-        logger.warning(
-            "DMP: the checkpoints were trained on SD 1.4; this MODEL is %s.", type(model.model.model_config).__name__
         )
     return samples
 
@@ -162,9 +180,10 @@ def _resize_back(image_bhwc: torch.Tensor, reference: torch.Tensor | None) -> to
     return resize_image(image_bhwc.movedim(-1, 1), size, "bicubic").movedim(1, -1)
 
 
-def _check_image(name: str, image: torch.Tensor) -> None:
-    if image.ndim != 4 or image.shape[-1] < 3:
-        raise ValueError(f"{name} must be an IMAGE [B,H,W,3], got shape {tuple(image.shape)}.")
+def _check_readout(decoded: torch.Tensor, reference: torch.Tensor | None) -> None:
+    check_image(decoded, "decoded", channels=(3, 4))
+    if reference is not None:
+        check_reference(reference)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,6 +227,7 @@ class LoadDMPLora(io.ComfyNode):
 
     @classmethod
     def execute(cls, model: io.Model.Type, lora_name: str, strength: float = 1.0) -> io.NodeOutput:
+        check_number(strength, "strength")
         path = folder_paths.get_full_path(LORA_FOLDER, lora_name)
         if path is None:
             raise FileNotFoundError(f"'{lora_name}' was not found in the loras model folder. {LORA_WHERE}")
@@ -284,9 +304,14 @@ class DeterministicInterpolationSampler(io.ComfyNode):
     ) -> io.NodeOutput:
         check_steps(steps)
         check_variant(variant)
+        check_number(cfg, "cfg")
         if cfg != 1.0 and negative is None:
             raise ValueError(f"cfg {cfg} needs a negative conditioning (officially the empty prompt); or set cfg 1.0.")
         samples = check_image_latent(model, latent_image)
+        context_dim = model.model.model_config.unet_config.get("context_dim")
+        check_conditioning(positive, "positive", context_dim)
+        if negative is not None:
+            check_conditioning(negative, "negative", context_dim)
         m = v_prediction_clone(model)
         guider = comfy.samplers.CFGGuider(m)
         guider.set_conds(positive, negative if negative is not None else positive)
@@ -351,6 +376,7 @@ class DMPSigmas(io.ComfyNode):
 
     @classmethod
     def execute(cls, steps: int = DEFAULT_STEPS) -> io.NodeOutput:
+        check_steps(steps)
         return io.NodeOutput(dmp_sigmas(steps))
 
 
@@ -409,7 +435,9 @@ class DMPDepthReadout(io.ComfyNode):
         normalize: str = "per_image",
         reference_image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        _check_image("decoded", decoded)
+        _check_readout(decoded, reference_image)
+        check_number(target_scale, "target_scale", 0.0)
+        check_choice(normalize, "normalize", NORMALIZE)
         depth = dmp_depth(decoded, target_scale, channel_dim=-1)  # [B,H,W]
         depth = _resize_back(depth.unsqueeze(-1), reference_image)[..., 0].clamp(min=0)
         shown = depth / target_scale if target_scale > 0 else depth
@@ -450,7 +478,7 @@ class DMPNormalsReadout(io.ComfyNode):
     def execute(
         cls, decoded: torch.Tensor, flip_y: bool = False, reference_image: torch.Tensor | None = None
     ) -> io.NodeOutput:
-        _check_image("decoded", decoded)
+        _check_readout(decoded, reference_image)
         image = _resize_back(decoded[..., :3], reference_image).clamp(0, 1)
         normals = dmp_normals(image, channel_dim=-1)  # [B,H,W,3]
         if flip_y:
@@ -491,9 +519,8 @@ class DMPImageReadout(io.ComfyNode):
     def execute(
         cls, decoded: torch.Tensor, task: str = "albedo", reference_image: torch.Tensor | None = None
     ) -> io.NodeOutput:
-        _check_image("decoded", decoded)
-        if task not in cls.TASKS:
-            raise ValueError(f"task must be one of {cls.TASKS}, got {task!r}.")
+        _check_readout(decoded, reference_image)
+        check_choice(task, "task", cls.TASKS)
         return io.NodeOutput(_resize_back(decoded[..., :3], reference_image).clamp(0, 1))
 
 
@@ -531,7 +558,8 @@ class ProcessingResolution(io.ComfyNode):
 
     @classmethod
     def execute(cls, image: torch.Tensor, processing_resolution: int = 512, side: str = "shorter") -> io.NodeOutput:
-        _check_image("image", image)
+        check_image(image, "image", channels=(3, 4))
+        check_choice(side, "side", RESIZE_SIDES)
         pixels = image[..., :3].movedim(-1, 1)  # [B,3,H,W]
         out = resize_for_processing(pixels, processing_resolution, 8, side, "bicubic")
         return io.NodeOutput(out.movedim(1, -1).contiguous())

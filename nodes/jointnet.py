@@ -18,6 +18,7 @@ from ..unidense_core.dense.readout import (
     normalize_depth,
 )
 from ..unidense_core.dense.readout import quantile_normalize as quantile_norm
+from ..unidense_core.io.checks import check_choice, check_image, check_latent, check_mask
 from ..unidense_core.jointnet.inpaint import (
     MODES,
     PRESETS,
@@ -78,8 +79,8 @@ class JointNetLoader(io.ComfyNode):
             category=CATEGORY,
             description="Load an official JointNet model (Zhang et al., ICLR 2024) from models/jointnet/<name>/"
             "{unet,jointnet}/ as one MODEL whose latent has 8 channels (RGB 4 + depth 4): EmptyLatentImage + any "
-            "stock sampler then generate RGB-D jointly (official: 512², euler/ddim_uniform 50 steps, cfg 7.5). Use "
-            "SD2.1-base's CLIP and VAE. Both UNets follow ComfyUI's loading, offloading and dtype handling.",
+            "sampler then generate RGB-D jointly (official: 512², UniDense Official DDIM KSampler 50 steps, cfg 7.5). "
+            "Use SD2.1-base's CLIP and VAE. Both UNets follow ComfyUI's loading, offloading and dtype handling.",
             inputs=[
                 io.Combo.Input(
                     "model_name",
@@ -99,8 +100,9 @@ class JointNetLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, model_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
-        if weight_dtype not in DTYPES:
-            raise ValueError(f"weight_dtype must be one of {list(DTYPES)}, got {weight_dtype!r}.")
+        check_choice(weight_dtype, "weight_dtype", list(DTYPES))
+        if not isinstance(model_name, str) or not model_name.strip("/. "):
+            raise ValueError(f"model_name must name a folder under models/jointnet, got {model_name!r}.")
         files = read_jointnet_folder(jointnet_path(model_name))
         return io.NodeOutput(build_joint_model(files, model_name, DTYPES[weight_dtype]))
 
@@ -119,7 +121,7 @@ def _latent_size_mask(mask: torch.Tensor | None, name: str, pixel_size, latent_s
     """A MASK at the image size (or the latent size) -> binarised latent-size [B,1,h,w]; errors name the input."""
     if mask is None:
         return None
-    m = as_mask(mask, name)
+    m = as_mask(check_mask(mask, name), name)
     sizes = {tuple(latent_size), tuple(pixel_size)}
     if tuple(m.shape[-2:]) not in sizes:
         want = " or ".join(f"{w}×{h}" for h, w in sorted(sizes, reverse=True))
@@ -128,6 +130,41 @@ def _latent_size_mask(mask: torch.Tensor | None, name: str, pixel_size, latent_s
             "latent size). Resize the mask to the image."
         )
     return latent_mask(m, latent_size)
+
+
+NO_ALPHA_HINT = (
+    "LoadImage gives an all-zero MASK when the PNG has no alpha channel; paint the region to generate (1 = generate) "
+    "in the mask editor, or load a PNG whose alpha marks it."
+)
+
+
+def custom_masks(rgb_mask, depth_mask, pixel_size, latent_size) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 'custom' preset's latent-size masks [B|1,1,h,w] (a missing mask keeps its modality); an edit that would
+    generate nothing is an error, a mask that keeps everything a warning (both usually mean a mask without alpha)."""
+    if rgb_mask is None and depth_mask is None:
+        raise ValueError("preset 'custom' needs rgb_mask and/or depth_mask (1 = generate, 0 = keep).")
+    m_rgb = _latent_size_mask(rgb_mask, "rgb_mask", pixel_size, latent_size)
+    m_depth = _latent_size_mask(depth_mask, "depth_mask", pixel_size, latent_size)
+    m_rgb = torch.zeros(1, 1, *latent_size) if m_rgb is None else m_rgb  # no mask: keep that modality
+    m_depth = torch.zeros(1, 1, *latent_size) if m_depth is None else m_depth
+    if m_rgb.shape[0] != m_depth.shape[0] and 1 not in (m_rgb.shape[0], m_depth.shape[0]):
+        raise ValueError(f"rgb_mask has {m_rgb.shape[0]} masks but depth_mask has {m_depth.shape[0]}.")
+    generates = (m_rgb.flatten(1).amax(1) > 0) | (m_depth.flatten(1).amax(1) > 0)  # [B]
+    if not generates.all():
+        first = int((~generates).nonzero()[0])
+        raise ValueError(
+            f"Nothing would be generated for mask {first}: rgb_mask and depth_mask are 0 (keep) everywhere once "
+            "binarised at 0.5 and resized to the latent (a missing mask keeps its modality). " + NO_ALPHA_HINT
+        )
+    for name, given, m in (("rgb_mask", rgb_mask, m_rgb), ("depth_mask", depth_mask, m_depth)):
+        if given is not None and not m.any():
+            logger.warning(
+                "UniDense JointNet: %s is 0 (keep) everywhere once binarised at 0.5, so the %s is kept unchanged. %s",
+                name,
+                "image" if name == "rgb_mask" else "depth",
+                NO_ALPHA_HINT,
+            )
+    return m_rgb, m_depth
 
 
 class ChannelInpaintRGBD(io.ComfyNode):
@@ -202,8 +239,7 @@ class ChannelInpaintRGBD(io.ComfyNode):
         depth_near_white: bool = True,
     ) -> io.NodeOutput:
         info = _require_jointnet(model)
-        if preset not in INPAINT_MODES:
-            raise ValueError(f"preset must be one of {INPAINT_MODES}, got {preset!r}.")
+        check_choice(preset, "preset", INPAINT_MODES)
         # 1. Raw (unscaled) latents of both modalities; a preset's generated modality starts from nothing.
         z_rgb, z_depth, pixel_size = cls.latents(vae, image, depth, rgbd_latent, depth_near_white, preset)
         if preset == "rgb2j":
@@ -218,15 +254,12 @@ class ChannelInpaintRGBD(io.ComfyNode):
         if preset in PRESETS:
             m_rgb, m_depth = preset_masks(preset, 1, lat)
         else:
-            if rgb_mask is None and depth_mask is None:
-                raise ValueError("preset 'custom' needs rgb_mask and/or depth_mask (1 = generate, 0 = keep).")
-            m_rgb = _latent_size_mask(rgb_mask, "rgb_mask", pixel_size, lat)
-            m_depth = _latent_size_mask(depth_mask, "depth_mask", pixel_size, lat)
-            m_rgb = torch.zeros(1, 1, *lat) if m_rgb is None else m_rgb  # no mask: keep that modality
-            m_depth = torch.zeros(1, 1, *lat) if m_depth is None else m_depth
+            m_rgb, m_depth = custom_masks(rgb_mask, depth_mask, pixel_size, lat)
         for name, z, m in (("image", z_rgb, m_rgb), ("depth", z_depth, m_depth)):
             if m.shape[0] not in (1, b):
-                raise ValueError(f"The {name} mask has {m.shape[0]} masks for a batch of {b}.")
+                raise ValueError(
+                    f"The {name} mask has {m.shape[0]} masks for a batch of {b}; give one mask, or one per {name}."
+                )
             if z is None and (m < 1).any():
                 raise ValueError(f"No {name} was given, but its mask keeps part of it; connect {name} or mask it all.")
         z_rgb, z_depth = (torch.zeros(b, LATENT_CHANNELS, *lat) if z is None else z for z in (z_rgb, z_depth))
@@ -245,7 +278,7 @@ class ChannelInpaintRGBD(io.ComfyNode):
                 info.name,
             )
         latent = {"samples": samples, "noise_mask": torch.ones(b, 1, *lat)}
-        return io.NodeOutput(channel_inpaint_clone(model, cmask), positive, negative, latent)
+        return io.NodeOutput(channel_inpaint_clone(model, cmask, samples), positive, negative, latent)
 
     @classmethod
     def latents(cls, vae, image, depth, rgbd_latent, near_white, preset):
@@ -253,27 +286,41 @@ class ChannelInpaintRGBD(io.ComfyNode):
         if rgbd_latent is not None:
             if image is not None or depth is not None:
                 raise ValueError("Give either image/depth or rgbd_latent, not both.")
-            z_rgb, z_depth = split_rgbd(rgbd_latent["samples"].float(), LATENT_CHANNELS)
+            z_rgb, z_depth = split_rgbd(check_latent(rgbd_latent, "rgbd_latent").float(), LATENT_CHANNELS)
             return z_rgb, z_depth, (8 * z_rgb.shape[-2], 8 * z_rgb.shape[-1])  # the images it came from
         need = {"rgb2j": "image", "j2rgb": "depth"}.get(preset)
         if need is not None and {"image": image, "depth": depth}[need] is None:
             raise ValueError(f"preset '{preset}' needs the {need} input (or rgbd_latent).")
         if image is None and depth is None:
             raise ValueError("Connect image and/or depth (with vae), or rgbd_latent.")
+        if image is not None:
+            check_image(image, "image", channels=(3, 4))
+        if depth is not None:
+            check_depth_image(depth)
         if vae is None:
             raise ValueError("Encoding image/depth needs the vae input (SD2.1-base's VAE).")
+        if getattr(vae, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS:
+            raise ValueError(
+                f"vae gives {vae.latent_channels}-channel latents; JointNet needs SD2.1-base's 4-channel VAE."
+            )
         ref = image if image is not None else depth
         h, w = ref.shape[1:3]
         if h % 8 or w % 8:
             raise ValueError(f"The inputs are {w}×{h} px; both sides must be multiples of 8 (JointNet, SD VAE).")
-        if image is not None and depth is not None and image.shape[1:3] != depth.shape[1:3]:
-            raise ValueError(
-                f"image is {image.shape[2]}×{image.shape[1]} but depth is {depth.shape[2]}×{depth.shape[1]}."
-            )
+        if image is not None and depth is not None:
+            if image.shape[1:3] != depth.shape[1:3]:
+                raise ValueError(
+                    f"image is {image.shape[2]}×{image.shape[1]} but depth is {depth.shape[2]}×{depth.shape[1]}."
+                )
+            if image.shape[0] != depth.shape[0] and 1 not in (image.shape[0], depth.shape[0]):
+                raise ValueError(
+                    f"image has {image.shape[0]} images but depth has {depth.shape[0]}; give one depth per image "
+                    "(or one image / one depth for all)."
+                )
         z_rgb = None if image is None else vae.encode(image[..., :3])
         z_depth = None
         if depth is not None:
-            d = depth[..., :3].float().clamp(0, 1)
+            d = depth[..., :3].float().clamp(0, 1)  # within 1e-4 of [0, 1] (checked): rounding only
             d = d.expand(*d.shape[:3], 3) if d.shape[-1] == 1 else d
             z_depth = vae.encode(d if near_white else 1 - d)
         for z in (z_rgb, z_depth):
@@ -282,6 +329,18 @@ class ChannelInpaintRGBD(io.ComfyNode):
                     f"The VAE gives {z.shape[1]}-channel latents; JointNet needs SD2.1-base's 4-channel VAE."
                 )
         return z_rgb, z_depth, (h, w)
+
+
+def check_depth_image(depth: torch.Tensor, name: str = "depth", tolerance: float = 1e-4) -> torch.Tensor:
+    """A depth IMAGE for JointNet: finite, 1/3/4 channels, values in [0, 1] (never clamped silently)."""
+    check_image(depth, name, channels=(1, 3, 4))
+    lo, hi = float(depth.min()), float(depth.max())
+    if lo < -tolerance or hi > 1 + tolerance:
+        raise ValueError(
+            f"{name} holds values in [{lo:.4g}, {hi:.4g}]; JointNet's depth input is a [0, 1] map (near = bright). "
+            "Normalise it first (e.g. a read-out node with normalize on), or use its display image."
+        )
+    return depth
 
 
 class SplitRGBDLatent(io.ComfyNode):
@@ -304,7 +363,7 @@ class SplitRGBDLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, rgbd_latent: dict) -> io.NodeOutput:
-        rgb, depth = split_rgbd(rgbd_latent["samples"], LATENT_CHANNELS)
+        rgb, depth = split_rgbd(check_latent(rgbd_latent, "rgbd_latent"), LATENT_CHANNELS)
         extra = {k: v for k, v in rgbd_latent.items() if k == "batch_index"}
         return io.NodeOutput({"samples": rgb, **extra}, {"samples": depth, **extra})
 
@@ -327,7 +386,8 @@ class JoinRGBDLatent(io.ComfyNode):
 
     @classmethod
     def execute(cls, rgb_latent: dict, depth_latent: dict) -> io.NodeOutput:
-        out = {"samples": join_rgbd(rgb_latent["samples"], depth_latent["samples"], LATENT_CHANNELS)}
+        rgb, depth = check_latent(rgb_latent, "rgb_latent"), check_latent(depth_latent, "depth_latent")
+        out = {"samples": join_rgbd(rgb, depth, LATENT_CHANNELS)}
         if "batch_index" in rgb_latent:
             out["batch_index"] = rgb_latent["batch_index"]
         return io.NodeOutput(out)
@@ -365,11 +425,10 @@ class JointNetDepthDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, vae, latent: dict, near_white: bool = True, normalize: str = "none") -> io.NodeOutput:
-        if normalize not in DEPTH_NORMALIZE:
-            raise ValueError(f"normalize must be one of {DEPTH_NORMALIZE}, got {normalize!r}.")
-        z = latent["samples"]
-        if z.ndim != 4 or z.shape[1] not in (LATENT_CHANNELS, 2 * LATENT_CHANNELS):
-            raise ValueError(f"latent must have 4 (depth) or 8 (RGB-D) channels, got shape {tuple(z.shape)}.")
+        check_choice(normalize, "normalize", DEPTH_NORMALIZE)
+        z = check_latent(latent, "latent", channels=(LATENT_CHANNELS, 2 * LATENT_CHANNELS))
+        if getattr(vae, "latent_channels", LATENT_CHANNELS) != LATENT_CHANNELS:
+            raise ValueError(f"vae decodes {vae.latent_channels}-channel latents; JointNet's depth needs the SD VAE.")
         if z.shape[1] == 2 * LATENT_CHANNELS:
             z = split_rgbd(z, LATENT_CHANNELS)[1]
         raw = jointnet_depth_from_unit(vae.decode(z), channel_dim=-1)  # [B,H,W]

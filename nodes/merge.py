@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import comfy.latent_formats
 import comfy.model_management as mm
 import comfy.model_patcher
+import comfy.ops
 import comfy.utils
 import node_helpers
 import torch
@@ -19,9 +20,13 @@ from ..unidense_core.dense.readout import (
     normalize_depth,
     resize_depth,
 )
+from ..unidense_core.io.checks import check_choice, check_conditioning, check_image, check_reference
 from ..unidense_core.io.resolution import check_multiple, classify_bin
-from ..unidense_core.merge.converters import ConverterConfig, load_converters
+from ..unidense_core.merge.converters import ConverterConfig
+from ..unidense_core.merge.flux_converters import FluxConverterConfig, MergeFluxConverters
+from ..unidense_core.merge.variants import load_merge_converters
 from . import paths
+from .hosts.flux import check_flux_dev, flux_depth_mode_clone, is_flux
 from .hosts.pixart import check_pixart_alpha_512, depth_mode_clone
 
 MERGE_LATENT_SCALE = 0.18215  # MERGE-B encodes images with PixArt-α's SD VAE (sd-vae-ft-ema) at this scale
@@ -37,7 +42,7 @@ class ConverterHandle:
     """What flows on a UNIDENSE_CONVERTERS socket: the converters' ModelPatcher and their config."""
 
     patcher: comfy.model_patcher.ModelPatcher
-    config: ConverterConfig
+    config: ConverterConfig | FluxConverterConfig  # MERGE-B (PixArt-α) or MERGE-L (FLUX.1-dev)
     name: str
 
 
@@ -48,20 +53,22 @@ class LoadConverter(io.ComfyNode):
             node_id="UniDense_LoadConverter",
             display_name="UniDense Load MERGE Converters",
             category="UniDense/MERGE",
-            description="Load MERGE-B converter blocks (Lin et al., NeurIPS 2025) from models/merge_converters. "
-            "They turn PixArt-XL-2-512x512 into a depth estimator; ComfyUI loads and offloads them with the model.",
+            description="Load MERGE converter blocks (Lin et al., NeurIPS 2025) from models/merge_converters: "
+            "MERGE-B (for PixArt-XL-2-512x512) or MERGE-L (for FLUX.1-dev), told apart by their config. They turn "
+            "the model into a depth estimator; ComfyUI loads and offloads them with the model.",
             inputs=[
                 io.Combo.Input(
                     "converter_name",
                     options=paths.files(paths.CONVERTERS),
                     tooltip="A converter .safetensors, or 'depth_converters/diffusion_pytorch_model."
-                    "safetensors' from hongk1998/merge-base-depth-v1 (its config.json beside it).",
+                    "safetensors' from hongk1998/merge-base-depth-v1 or merge-large-depth-v1 (config.json beside it).",
                 ),
                 io.Combo.Input(
                     "weight_dtype",
                     options=list(DTYPES),
                     default="auto",
-                    tooltip="auto: ComfyUI's choice for diffusion weights on this device.",
+                    tooltip="auto: ComfyUI's choice for diffusion weights on this device (MERGE-L: bf16, else fp16, "
+                    "never fp8; the 1.4 B converters are 2.9 GB in bf16).",
                 ),
             ],
             outputs=[Converters.Output(display_name="CONVERTERS", tooltip="Give to UniDense ModeSwitch.")],
@@ -69,15 +76,27 @@ class LoadConverter(io.ComfyNode):
 
     @classmethod
     def execute(cls, converter_name: str, weight_dtype: str = "auto") -> io.NodeOutput:
+        check_choice(weight_dtype, "weight_dtype", list(DTYPES))
         path = paths.full_path(paths.CONVERTERS, converter_name)
-        module = load_converters(path)
+        # MERGE-L's 1.4 B parameters are built with ComfyUI's ops, so low-VRAM partial loading can stream them
+        module = load_merge_converters(path, flux_operations=comfy.ops.disable_weight_init)
         n_params = sum(p.numel() for p in module.parameters())
-        dtype = DTYPES[weight_dtype] or mm.unet_dtype(model_params=n_params)
+        dtype = DTYPES[weight_dtype] or converter_dtype(module, n_params)
         module = module.to(dtype=dtype)
         patcher = comfy.model_patcher.ModelPatcher(
             module, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device()
         )
         return io.NodeOutput(ConverterHandle(patcher, module.config, converter_name))
+
+
+def converter_dtype(module, n_params: int) -> torch.dtype:
+    """ComfyUI's weight dtype for the converters; MERGE-L (trained in bf16) prefers bf16 and never takes fp8."""
+    if not isinstance(module, MergeFluxConverters):
+        return mm.unet_dtype(model_params=n_params)
+    dtype = mm.unet_dtype(model_params=n_params, supported_dtypes=[torch.bfloat16, torch.float16, torch.float32])
+    if dtype not in (torch.bfloat16, torch.float16, torch.float32):  # fp8 forced by a launch flag: compute dtype
+        dtype = mm.unet_manual_cast(dtype, mm.get_torch_device()) or torch.float32
+    return dtype
 
 
 class ModeSwitch(io.ComfyNode):
@@ -87,17 +106,22 @@ class ModeSwitch(io.ComfyNode):
             node_id="UniDense_ModeSwitch",
             display_name="UniDense Mode Switch (MERGE)",
             category="UniDense/MERGE",
-            description="One PixArt-α model, two jobs: 'generate' is the text-to-image model unchanged; 'depth' runs "
-            "the MERGE converters. Returns a patched copy; the input MODEL is never changed.",
+            description="One model, two jobs: 'generate' is the text-to-image model unchanged; 'depth' runs the "
+            "MERGE converters (MERGE-B on PixArt-α 512, MERGE-L on FLUX.1-dev). Returns a patched copy; the input "
+            "MODEL is never changed.",
             inputs=[
-                io.Model.Input("model", tooltip="PixArt-XL-2-512x512, loaded with 'Load Diffusion Model'."),
+                io.Model.Input(
+                    "model",
+                    tooltip="PixArt-XL-2-512x512 (MERGE-B) or FLUX.1-dev (MERGE-L, bf16/fp16/fp8), loaded with "
+                    "'Load Diffusion Model'.",
+                ),
                 Converters.Input("converters", tooltip="From 'UniDense Load MERGE Converters'."),
                 io.Combo.Input(
                     "mode",
                     options=["generate", "depth"],
                     default="depth",
-                    tooltip="generate: text-to-image as the base model. depth: depth estimation; feed "
-                    "the conditioning through 'UniDense MERGE Depth Conditioning'.",
+                    tooltip="generate: text-to-image as the base model. depth: depth estimation; feed the "
+                    "conditioning through 'UniDense MERGE Depth Conditioning' (FLUX: the MERGE-L one).",
                 ),
                 io.Combo.Input(
                     "latent_format",
@@ -105,7 +129,8 @@ class ModeSwitch(io.ComfyNode):
                     default="pixart_alpha",
                     tooltip="ComfyUI loads PixArt-α 512 as PixArt-Σ (SDXL latent scale 0.13025). "
                     "pixart_alpha sets the SD VAE scale 0.18215 that PixArt-α and MERGE use; keep leaves "
-                    "the model's own (generate mode then returns the input model exactly).",
+                    "the model's own (generate mode then returns the input model exactly). FLUX models always "
+                    "keep their own latent format (this setting is for PixArt only).",
                 ),
             ],
             outputs=[
@@ -119,12 +144,20 @@ class ModeSwitch(io.ComfyNode):
     def execute(
         cls, model, converters: ConverterHandle, mode: str, latent_format: str = "pixart_alpha"
     ) -> io.NodeOutput:
-        if mode not in ("generate", "depth"):
-            raise ValueError(f"mode must be 'generate' or 'depth', got {mode!r}.")
-        if latent_format not in LATENT_FORMATS:
-            raise ValueError(f"latent_format must be one of {LATENT_FORMATS}, got {latent_format!r}.")
+        check_choice(mode, "mode", ["generate", "depth"])
+        check_choice(latent_format, "latent_format", LATENT_FORMATS)
         if not isinstance(converters, ConverterHandle):
             raise ValueError("converters must come from 'UniDense Load MERGE Converters'.")
+        if isinstance(converters.patcher.model, MergeFluxConverters):  # MERGE-L on FLUX.1-dev
+            if mode == "depth":
+                return io.NodeOutput(flux_depth_mode_clone(model, converters.patcher))
+            check_flux_dev(model, converters.patcher.model)
+            return io.NodeOutput(model.clone())
+        if is_flux(model.get_model_object("diffusion_model")):
+            raise ValueError(
+                f"'{converters.name}' holds MERGE-B converters (PixArt-α 512) but the MODEL is FLUX. For FLUX.1-dev "
+                "load the MERGE-L converters (hongk1998/merge-large-depth-v1, folder depth_converters/)."
+            )
         fmt = comfy.latent_formats.SD15() if latent_format == "pixart_alpha" else None
         if mode == "depth":
             return io.NodeOutput(depth_mode_clone(model, converters.patcher, fmt))
@@ -166,23 +199,34 @@ class MergeDepthConditioning(io.ComfyNode):
 
     @classmethod
     def execute(cls, conditioning, vae, image: torch.Tensor, resolution: str = "official_bins") -> io.NodeOutput:
-        if image.ndim != 4 or image.shape[-1] < 3:
-            raise ValueError(f"image must be an IMAGE [B,H,W,3], got shape {tuple(image.shape)}.")
+        check_conditioning(conditioning, "conditioning")
+        check_image(image, "image", channels=(3, 4))
+        check_choice(resolution, "resolution", ["official_bins", "native"])
+        for c in conditioning:
+            if c[0].shape[0] not in (1, image.shape[0]):
+                raise ValueError(
+                    f"conditioning has a batch of {c[0].shape[0]} prompts for {image.shape[0]} images; give one prompt "
+                    "(the empty prompt, as MERGE was trained) or one per image."
+                )
+        if getattr(vae, "latent_channels", 4) != 4:
+            raise ValueError(
+                f"vae gives {vae.latent_channels}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE "
+                "(sd-vae-ft-ema, or the SD 1.5 VAE). For FLUX.1-dev (MERGE-L) use 'UniDense MERGE-L Depth "
+                "Conditioning'."
+            )
         h, w = image.shape[1:3]
+        pixels = image[..., :3]
         if resolution == "official_bins":
             th, tw = classify_bin(h, w)
-            pixels = image[..., :3]
             if (th, tw) != (h, w):
                 pixels = comfy.utils.common_upscale(pixels.movedim(-1, 1), tw, th, "lanczos", "disabled").movedim(1, -1)
-        elif resolution == "native":
-            check_multiple(h, w, 16, "image")
-            pixels = image[..., :3]
         else:
-            raise ValueError(f"resolution must be 'official_bins' or 'native', got {resolution!r}.")
+            check_multiple(h, w, 16, "image")
         raw = vae.encode(pixels)  # [B,4,h/8,w/8], unscaled
         if raw.shape[1] != 4:
             raise ValueError(
-                f"The VAE gives {raw.shape[1]}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE."
+                f"The VAE gives {raw.shape[1]}-channel latents; MERGE-B needs PixArt-α's 4-channel SD VAE. For "
+                "FLUX.1-dev (MERGE-L) use 'UniDense MERGE-L Depth Conditioning'."
             )
         cond = node_helpers.conditioning_set_values(conditioning, {"noise_concat": raw * MERGE_LATENT_SCALE})
         return io.NodeOutput(cond, cond, {"samples": torch.zeros_like(raw)})
@@ -230,10 +274,11 @@ class DepthReadout(io.ComfyNode):
         normalize: str = "per_image",
         reference_image: torch.Tensor | None = None,
     ) -> io.NodeOutput:
-        if decoded.ndim != 4 or decoded.shape[-1] < 3:
-            raise ValueError(f"decoded must be an IMAGE [B,H,W,3], got shape {tuple(decoded.shape)}.")
+        check_image(decoded, "decoded", channels=(3, 4))
+        check_choice(normalize, "normalize", NORMALIZE)
+        size = None if reference_image is None else check_reference(reference_image)
         depth = merge_depth_from_unit(decoded, channel_dim=-1)  # [B,H,W]
-        if reference_image is not None:
-            depth = resize_depth(depth, tuple(reference_image.shape[1:3]))
+        if size is not None:
+            depth = resize_depth(depth, size)
         shown = depth_to_display(normalize_depth(depth, normalize), near_is_low=True, near_white=near_white)
         return io.NodeOutput(shown, depth)

@@ -8,6 +8,7 @@ import comfy.patcher_extension
 import torch
 from comfy_api.latest import io
 
+from ..unidense_core.io.checks import check_choice, check_image, check_latent
 from ..unidense_core.tiling.panorama import PRESETS, RAMP_AXES, PanoramaConfig, check_config, circular_pad, crop_pad
 from .hosts.tiling import WRAPPER_KEY, PanoramaTiler
 
@@ -143,12 +144,11 @@ class TiledPanorama(io.ComfyNode):
                 ramp_axes=ramp_axes,
                 view_batch_size=view_batch_size,
             )
-        elif preset in PRESETS:
-            config = replace(PRESETS[preset], view_batch_size=view_batch_size)
         else:
-            raise ValueError(f"preset must be one of {[*PRESETS, CUSTOM]}, got {preset!r}.")
+            check_choice(preset, "preset", [*PRESETS, CUSTOM])
+            config = replace(PRESETS[preset], view_batch_size=view_batch_size)
         check_config(config)
-        tiler = PanoramaTiler(config, seed)
+        tiler = PanoramaTiler(config, seed, None if preset == CUSTOM else preset)
         m = model.clone()
         for kind, fn in (
             (comfy.patcher_extension.WrappersMP.CALC_COND_BATCH, tiler.calc_cond_batch),
@@ -164,6 +164,15 @@ def _pixel_ratio(vae, decode: bool) -> int:
     if not isinstance(ratio, int):
         raise ValueError("Circular VAE decode/encode needs an image VAE with a fixed spatial factor (e.g. 8).")
     return ratio
+
+
+def _check_padding(padding: int, latent_width: int, ratio: int) -> None:
+    """The padding widget counts latent px: a canvas cannot wrap more than once around itself."""
+    if not 0 <= padding <= latent_width:
+        raise ValueError(
+            f"padding is {padding} latent px, but the canvas is only {latent_width} latent px ({latent_width * ratio} "
+            f"image px) wide and cannot wrap more than once. Set padding between 0 and {latent_width} (official: 8)."
+        )
 
 
 class CircularVAEDecode(io.ComfyNode):
@@ -200,9 +209,7 @@ class CircularVAEDecode(io.ComfyNode):
 
     @classmethod
     def execute(cls, samples, vae, padding: int = 8, channel_offset: int = 0) -> io.NodeOutput:
-        z = samples["samples"]
-        if z.ndim != 4:
-            raise ValueError(f"samples must be an image latent [B,C,H,W], got shape {tuple(z.shape)}.")
+        z = check_latent(samples, "samples")  # [B,C,h,w]
         channels = vae.latent_channels
         if channel_offset + channels > z.shape[1]:
             raise ValueError(
@@ -212,6 +219,7 @@ class CircularVAEDecode(io.ComfyNode):
             )
         z = z[:, channel_offset : channel_offset + channels]  # [B,c,h,w]
         ratio = _pixel_ratio(vae, decode=True)
+        _check_padding(padding, z.shape[-1], ratio)
         images = vae.decode(circular_pad(z, padding))  # [B,H,W+2·pad·ratio,3]
         if images.ndim == 5:  # video VAEs: combine batches, as VAEDecode does
             images = images.reshape(-1, *images.shape[-3:])
@@ -243,15 +251,16 @@ class CircularVAEEncode(io.ComfyNode):
 
     @classmethod
     def execute(cls, pixels: torch.Tensor, vae, padding: int = 8) -> io.NodeOutput:
-        if pixels.ndim != 4:
-            raise ValueError(f"pixels must be an IMAGE [B,H,W,C], got shape {tuple(pixels.shape)}.")
+        check_image(pixels, "pixels", channels=(3, 4))
         ratio = _pixel_ratio(vae, decode=False)
         height, width = pixels.shape[1:3]
         if height % ratio or width % ratio:
+            fit_w, fit_h = (max(ratio, v // ratio * ratio) for v in (width, height))
             raise ValueError(
                 f"The image is {width}×{height} px; circular encoding needs sides that are multiples of {ratio} "
-                f"(e.g. {width // ratio * ratio}×{height // ratio * ratio}), or the wrapped ends would not line up."
+                f"(e.g. {fit_w}×{fit_h}), or the wrapped ends would not line up."
             )
+        _check_padding(padding, width // ratio, ratio)
         padded = circular_pad(pixels[..., :3].movedim(2, -1), padding * ratio).movedim(-1, 2)  # [B,H,W+2p,3]
         z = vae.encode(padded)  # [B,c,h,w+2·pad]
         return io.NodeOutput({"samples": crop_pad(z, padding, dim=-1)})

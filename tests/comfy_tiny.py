@@ -109,3 +109,100 @@ def comfy_vae(comfy):
         "dropout": 0.0,
     }
     return comfy_sd.VAE(sd=tiny_vae().state_dict(), config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+
+
+def flux_unet_config(diffusers_flux) -> dict:
+    """ComfyUI's Flux unet_config for a diffusers FluxTransformer2DModel (what model_detection reads from a file)."""
+    cfg = diffusers_flux.config
+    return {
+        "image_model": "flux",
+        "in_channels": cfg.in_channels // 4,  # latent channels; packed 2×2 inside ComfyUI's Flux
+        "out_channels": (cfg.out_channels or cfg.in_channels) // 4,
+        "vec_in_dim": cfg.pooled_projection_dim,
+        "context_in_dim": cfg.joint_attention_dim,
+        "hidden_size": cfg.num_attention_heads * cfg.attention_head_dim,
+        "mlp_ratio": 4.0,
+        "num_heads": cfg.num_attention_heads,
+        "depth": cfg.num_layers,
+        "depth_single_blocks": cfg.num_single_layers,
+        "axes_dim": list(cfg.axes_dims_rope),
+        "theta": 10000,
+        "patch_size": 2,
+        "qkv_bias": True,
+        "guidance_embed": cfg.guidance_embeds,
+    }
+
+
+def diffusers_flux_to_comfy(comfy, state_dict, unet_config) -> dict:
+    """diffusers FLUX keys -> ComfyUI/BFL keys with comfy.utils.flux_to_diffusers: fused qkv (+mlp) rows and the
+    final modulation's swapped halves (diffusers (scale, shift) -> BFL (shift, scale))."""
+    key_map = comfy.utils.flux_to_diffusers(
+        {k: unet_config[k] for k in ("depth", "depth_single_blocks", "hidden_size")}
+    )
+    out: dict[str, torch.Tensor] = {}
+    for dk, target in key_map.items():
+        if dk not in state_dict:
+            continue
+        v = state_dict[dk]
+        if isinstance(target, str):
+            out[target] = v
+        elif target[1] is None:  # (name, None, fn): a transformed copy, e.g. swap_scale_shift
+            out[target[0]] = target[2](v)
+        else:
+            name, (dim, start, size) = target
+            if name not in out:
+                shape = list(v.shape)
+                shape[dim] = 0
+                out[name] = torch.empty(shape, dtype=v.dtype)
+            buf = out[name]
+            if buf.shape[dim] < start + size:
+                pad = list(buf.shape)
+                pad[dim] = start + size - buf.shape[dim]
+                buf = torch.cat([buf, torch.empty(pad, dtype=v.dtype)], dim=dim)
+            buf.narrow(dim, start, size).copy_(v)
+            out[name] = buf
+    return out
+
+
+def comfy_flux_from_diffusers(comfy, diffusers_flux, weight_dtype=torch.float32, manual_cast_dtype=None):
+    """A ComfyUI FLUX MODEL (its own Flux network, as the stock loaders build it) holding the diffusers weights.
+
+    ``weight_dtype=torch.float8_e4m3fn, manual_cast_dtype=torch.float32`` stores the weights in fp8 and computes in
+    fp32 through ComfyUI's casting ops, as ComfyUI runs the fp8 FLUX files.
+    """
+    unet_config = flux_unet_config(diffusers_flux)
+    cls = comfy.supported_models.Flux if unet_config["guidance_embed"] else comfy.supported_models.FluxSchnell
+    model_config = cls(unet_config)
+    model_config.set_inference_dtype(weight_dtype, manual_cast_dtype)
+    model = model_config.get_model({})
+    sd = diffusers_flux_to_comfy(comfy, diffusers_flux.state_dict(), unet_config)
+    missing, unexpected = model.diffusion_model.load_state_dict(sd, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def comfy_flux_vae(comfy):
+    """A real ComfyUI VAE with 16 latent channels, as the FLUX VAE gives (toy width; ComfyUI's config path builds an
+    AutoencoderKL with quant convs, which the real ae.safetensors lacks: the latent interface is the same)."""
+    import comfy.sd as comfy_sd
+    from diffusers import AutoencoderKL
+
+    from unidense_core.tiny import TINY_FLUX_VAE, randomize_
+
+    kw = dict(TINY_FLUX_VAE, use_quant_conv=True, use_post_quant_conv=True)
+    ddconfig = {
+        "double_z": True,
+        "z_channels": 16,
+        "resolution": 256,
+        "in_channels": 3,
+        "out_ch": 3,
+        "ch": 32,
+        "ch_mult": [1, 1, 1, 1],
+        "num_res_blocks": 1,
+        "attn_resolutions": [],
+        "dropout": 0.0,
+    }
+    sd = randomize_(AutoencoderKL(**kw), 7, scale=0.1).state_dict()
+    vae = comfy_sd.VAE(sd=sd, config={"params": {"ddconfig": ddconfig, "embed_dim": 16}})
+    vae.latent_channels = 16
+    return vae

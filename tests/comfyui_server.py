@@ -99,7 +99,10 @@ class ComfyUIServer:
         status, body = self.post("/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
         if status != 200:
             raise AssertionError(f"prompt refused ({status}): {json.dumps(body)[:2000]}")
-        pid = body["prompt_id"]
+        return self.wait(body["prompt_id"], timeout)
+
+    def wait(self, pid: str, timeout: float = 120) -> dict:
+        """The /history entry of a queued prompt once it succeeded or failed."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             hist = self.get("/history/" + urllib.parse.quote(pid))

@@ -160,6 +160,24 @@ def test_masked_latent_forward_equals_core(env):
     torch.testing.assert_close(plain, ref_plain, rtol=1e-4, atol=1e-4)
 
 
+def test_config_norm_groups_and_eps_are_carried(env):
+    """ComfyUI's UNetModel hard-codes GroupNorm(32) and eps 1e-5; a config with other values must load and match the
+    diffusers branches (16 channels cannot even be split into 32 groups)."""
+    comfy, root = env["comfy"], env["root"]
+    cfg = dict(TINY_SD21_UNET, block_out_channels=(16, 32), attention_head_dim=(1, 2), norm_num_groups=8, norm_eps=1e-3)
+    save_jointnet(random_jointnet(cfg, True, seed=9), root / "groups8")
+    model = comfy.node("UniDense_JointNetLoader").execute("groups8", "fp32")[0]
+    norms = [m for m in model.model.diffusion_model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 8 for m in norms)
+    assert {m.eps for m in norms} == {1e-3, 1e-6}  # ResNets/output: the config's eps; attention: 1e-6 (diffusers)
+    g = torch.Generator().manual_seed(6)
+    x, ctx = torch.randn(1, 8, H, W, generator=g), torch.randn(1, 5, 32, generator=g)
+    ours = joint_eps(comfy, model, x, torch.tensor([400.0]), ctx)
+    with torch.no_grad():
+        ref = load_jointnet(root / "groups8")(x, torch.tensor(400), ctx)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 8-channel latents in stock sampling
 

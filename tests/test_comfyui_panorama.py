@@ -465,6 +465,6 @@ def test_panorama_workflows_are_shipped():
     for name in ("panorama_sd_360", "panorama_controlnet", "panorama_jointnet_rgbd_to_glb"):
         with open(os.path.join(folder, name + ".json"), encoding="utf-8") as f:
             types[name] = {n["type"] for n in json.load(f)["nodes"]}
-        assert {"UniDense_TiledPanorama", "UniDense_CircularVAEDecode", "KSampler"} <= types[name]
+        assert {"UniDense_TiledPanorama", "UniDense_CircularVAEDecode", "UniDense_OfficialDDIMKSampler"} <= types[name]
     assert "ControlNetApplyAdvanced" in types["panorama_controlnet"]
     assert {"UniDense_JointNetLoader", "UniDense_SaveRGBD3D", "Preview3D"} <= types["panorama_jointnet_rgbd_to_glb"]

@@ -116,7 +116,7 @@ def test_bad_input(case):
 
 def test_missing_trimesh_gives_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "trimesh", None)
-    with pytest.raises(ImportError, match=r"pip install trimesh.*unidense\[3d\]"):
+    with pytest.raises(ImportError, match=r"pip install trimesh.*UniDense folder, `pip install -e \"\.\[3d\]\"`"):
         require_trimesh()
 
 

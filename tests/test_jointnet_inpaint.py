@@ -328,6 +328,47 @@ def test_generate_is_seeded_and_reads_channel_0(pipes):
         pipes["gen"].decode(torch.zeros(1, 4, 8, 8))
 
 
+def test_inpaint_noise_latents_and_image_latents(pipes):
+    pipe = pipes["inp"]
+    image, depth = images(seed=3)
+    m = torch.zeros(1, H, W)
+    m[:, 8:40, 16:56] = 1
+    kw = dict(
+        image=image,
+        depth=depth,
+        mask_rgb=m,
+        mask_depth=1 - m,
+        num_inference_steps=STEPS,
+        prompt_embeds=embeds()[0],
+        negative_prompt_embeds=embeds()[1],
+    )
+    a = pipe.inpaint(generator=torch.Generator().manual_seed(6), **kw)
+    g = torch.Generator().manual_seed(6)  # official order: image posterior, depth posterior, then noise
+    z = torch.cat([pipe.encode_image(image * 2 - 1, g), pipe.encode_image(depth.expand(-1, 3, -1, -1) * 2 - 1, g)], 1)
+    noise = torch.randn(z.shape, generator=g)
+    b = pipe.inpaint(noise=noise, image_latents=z, **kw)
+    assert torch.equal(a.latents, b.latents) and torch.equal(a.depth, b.depth)
+    # strength < 1: `noise` starts from add_noise(inputs, noise, t_0); the official `latents` start from the tensor
+    first, inputs = {}, []
+    hook = pipe.model.register_forward_pre_hook(lambda m, args: inputs.append(args[0].clone()))
+    try:
+        for name in ("noise", "latents"):
+            inputs.clear()
+            pipe.inpaint(strength=0.5, image_latents=z, guidance_scale=1.0, **{name: noise}, **kw)
+            first[name] = inputs[0]
+    finally:
+        hook.remove()
+    s = sched()
+    s.set_timesteps(STEPS)
+    t0 = s.timesteps[STEPS - int(STEPS * 0.5) :][:1]
+    assert torch.equal(first["noise"], s.add_noise(z, noise, t0))
+    assert torch.equal(first["latents"], noise)
+    with pytest.raises(ValueError, match="not both"):
+        pipe.inpaint(noise=noise, latents=noise, **kw)
+    with pytest.raises(ValueError, match=r"noise has shape \(1, 8, 4, 4\)"):
+        pipe.inpaint(noise=noise[..., :4, :4], **kw)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Read-out and 16-bit export
 

@@ -51,8 +51,16 @@ def test_bad_combo_value_is_refused_with_the_input_named(comfyui_server):
             "inputs": {"depth": ["2", 1], "filename_prefix": "x", "quantile_normalize": False},
         },
     }
-    # ComfyUI 0.3.64 does not check V3 combo values at validation; the node itself must refuse them clearly.
-    hist = comfyui_server.run(prompt)
+    # ComfyUI >= 0.8.0 refuses a V3 combo value outside its options at validation (HTTP 400, the input named);
+    # 0.3.64 does not check them, so there the node itself must refuse the value clearly when it runs.
+    status, body = comfyui_server.post("/prompt", {"prompt": prompt, "client_id": "bad-combo"})
+    if status == 400:
+        (error,) = body["node_errors"]["2"]["errors"]
+        assert error["type"] == "value_not_in_list" and error["extra_info"]["input_name"] == "normalize"
+        assert error["extra_info"]["received_value"] == "sideways"
+        return
+    assert status == 200, body
+    hist = comfyui_server.wait(body["prompt_id"])
     assert hist["status"]["status_str"] == "error"
     err = next(m[1] for m in hist["status"]["messages"] if m[0] == "execution_error")
     assert err["node_id"] == "2" and "normalize" in err["exception_message"] and "sideways" in err["exception_message"]

@@ -24,6 +24,17 @@ def test_one_workflow_per_merge_capability():
     )
 
 
+def test_one_workflow_per_merge_l_capability():
+    names = {"merge_l_generate_then_depth.json", "merge_l_depth_from_image.json", "merge_l_depth_controlnet.json"}
+    assert names <= set(FILES)
+    for name in names:  # the official depth schedule: ModelSamplingFlux fed the processed image size
+        wf = load(name)
+        shift = next(n for n in wf["nodes"] if n["type"] == "ModelSamplingFlux" and len(n["inputs"]) == 3)
+        cond = next(n for n in wf["nodes"] if n["type"] == "UniDense_MergeLDepthConditioning")
+        width, height = (next(lk for lk in wf["links"] if lk[0] == i["link"]) for i in shift["inputs"][1:])
+        assert (width[1], width[2], height[1], height[2]) == (cond["id"], 3, cond["id"], 4)
+
+
 @pytest.mark.parametrize("name", FILES)
 def test_ui_format_and_links_are_consistent(name):
     wf = load(name)

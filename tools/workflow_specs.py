@@ -126,7 +126,7 @@ SPECS = {
         (
             "save_empty",
             "UniDense_SavePromptEmbedding",
-            dict(filename="pixart_t5_empty", prompt=""),
+            dict(filename="pixart_t5_empty", prompt="", overwrite=False),
             dict(conditioning=("empty", 0)),
         ),
         (
@@ -174,15 +174,10 @@ SPECS["merge_generate_then_depth"] = [
 SD21 = "v2-1_512-ema-pruned.safetensors"
 JOINTNET_GEN = "rgbd_finetune_sd21b"
 JOINTNET_INPAINT = "rgbd_inpaint_sd21b"
-KSAMPLER_JOINTNET = dict(
-    seed=0,
-    control_after_generate="fixed",
-    steps=50,
-    cfg=7.5,
-    sampler_name="euler",  # euler + ddim_uniform = the official DDIM (η = 0) at t = 981, 961, …, 1
-    scheduler="ddim_uniform",
-    denoise=1.0,
-)
+# The official DDIM (η = 0, t = 981, 961, …, 1, plain-noise start, ending at ᾱ_0), 50 steps, cfg 7.5: equal to the
+# official pipelines (tests/test_comfyui_sampling.py); a stock KSampler with euler + ddim_uniform differs slightly.
+OFFICIAL_DDIM = "UniDense_OfficialDDIMKSampler"
+KSAMPLER_JOINTNET = dict(seed=0, control_after_generate="fixed", steps=50, cfg=7.5, denoise=1.0)
 
 
 def jointnet_base_nodes(model_name, prompt):
@@ -224,7 +219,7 @@ def jointnet_outputs(sample, prefix, rgb=True, depth=True):
 
 
 def jointnet_inpaint_nodes(preset, inputs, denoise=1.0):
-    """ChannelInpaintRGBD on the inpainting model, then a stock KSampler on its MODEL/conditioning/latent."""
+    """ChannelInpaintRGBD on the inpainting model, then the official DDIM on its MODEL/conditioning/latent."""
     return [
         (
             "inpaint",
@@ -234,7 +229,7 @@ def jointnet_inpaint_nodes(preset, inputs, denoise=1.0):
         ),
         (
             "sample",
-            "KSampler",
+            OFFICIAL_DDIM,
             dict(KSAMPLER_JOINTNET, denoise=denoise),
             dict(model=("inpaint", 0), positive=("inpaint", 1), negative=("inpaint", 2), latent_image=("inpaint", 3)),
         ),
@@ -249,7 +244,8 @@ JOINTNET_NOTE = f"""## Files for JointNet (UniDense)
   `jointnet/` (config.json + diffusion_pytorch_model.bin).
 - `models/checkpoints/{SD21}`: Stable Diffusion 2.1-base (512, epsilon) for its CLIP and VAE (its UNet is unused).
 
-Official settings: 512x512, 50 steps, cfg 7.5 (euler + ddim_uniform = DDIM), empty negative prompt, a caption as
+Official settings: 512x512, 'UniDense Official DDIM KSampler' with 50 steps and cfg 7.5 (the official DDIM; a stock
+KSampler with euler + ddim_uniform is close but not equal, see the README), empty negative prompt, a caption as
 the prompt. Depth = channel 0 of the decoded depth: relative disparity, near = bright; 16-bit PNGs go to output/.
 Inpainting inputs: sides multiples of 8; masks 1 = regenerate (paint them in the mask editor); depth near = white
 (MERGE / DMP read-outs give that by default)."""
@@ -259,7 +255,7 @@ SPECS["jointnet_text_to_rgbd"] = [
     ("latent", "EmptyLatentImage", dict(width=512, height=512, batch_size=1), {}),
     (
         "sample",
-        "KSampler",
+        OFFICIAL_DDIM,
         dict(KSAMPLER_JOINTNET),
         dict(model=("jointnet", 0), positive=("prompt", 0), negative=("empty", 0), latent_image=("latent", 0)),
     ),
@@ -415,13 +411,15 @@ TILED_PANORAMA = dict(
     seed=0,
     control_after_generate="fixed",
 )
-KSAMPLER_PANO = dict(KSAMPLER_JOINTNET)  # official: DDIM 50 steps (euler + ddim_uniform), cfg 7.5
+KSAMPLER_PANO = dict(KSAMPLER_JOINTNET)  # official: DDIM 50 steps, cfg 7.5 (UniDense Official DDIM KSampler)
 CIRCULAR_DECODE = dict(padding=8, channel_offset=0)
 PANO_NOTE = f"""## Panoramas with UniDense Tiled Panorama
 The MODEL from 'UniDense Tiled Panorama' denoises a wide latent in overlapping tiles with any sampler. Preset
 jointnet_pano = the official JointNet settings: window = latent height, stride 32 latent px, circular (360°), a
 random offset per step, the whole canvas as an extra tile for the first 40% of the steps (weight 5), linear tile
 edges over 8 px. Canvas {PANO_W}x{PANO_H}; with wrap the width must be a multiple of 256 px (stride 32 × 8).
+Sampled with 'UniDense Official DDIM KSampler' (50 steps, cfg 7.5), the official per-tile DDIM; a stock KSampler
+works too (euler + ddim_uniform is close to it).
 'UniDense Circular VAE Decode' pads the latent circularly before decoding, so the ends meet without a seam.
 
 Files: `models/checkpoints/{SD15}` (any SD1.x/2.x checkpoint works) and, for the ControlNet example,
@@ -438,7 +436,7 @@ def pano_sample(model_src, positive, negative):
         ("latent", "EmptyLatentImage", dict(width=PANO_W, height=PANO_H, batch_size=1), {}),
         (
             "sample",
-            "KSampler",
+            OFFICIAL_DDIM,
             dict(KSAMPLER_PANO),
             dict(model=("pano", 0), positive=positive, negative=negative, latent_image=("latent", 0)),
         ),
@@ -511,3 +509,10 @@ SPECS["panorama_jointnet_rgbd_to_glb"] = [
     ("preview3d", "Preview3D", dict(model_file=""), dict(model_file=("to3d", 0))),
 ]
 NOTES.update({name: PANO_NOTE for name in SPECS if name.startswith("panorama_")})
+
+
+# MERGE-L (FLUX.1-dev): its own file, to keep this one short
+from workflow_specs_merge_l import MERGE_L_NOTES, MERGE_L_SPECS  # noqa: E402
+
+SPECS.update(MERGE_L_SPECS)
+NOTES.update(MERGE_L_NOTES)

@@ -59,7 +59,10 @@ def inputs_of(info: dict) -> list[tuple[str, object, dict]]:
 
 
 def is_widget(typ, opts) -> bool:
-    return (isinstance(typ, list) or typ in WIDGET_TYPES) and not opts.get("forceInput")
+    """A widget input; V3 inputs of several types (e.g. Preview3D's model_file in ComfyUI >= 0.12.1) name their widget
+    in ``widgetType``."""
+    widget = isinstance(typ, list) or typ in WIDGET_TYPES or opts.get("widgetType") in WIDGET_TYPES
+    return widget and not opts.get("forceInput")
 
 
 def widget_slots(info: dict) -> list[tuple[str, object, dict]]:
@@ -68,6 +71,7 @@ def widget_slots(info: dict) -> list[tuple[str, object, dict]]:
     for name, typ, opts in inputs_of(info):
         if not is_widget(typ, opts):
             continue
+        typ = opts["widgetType"] if opts.get("widgetType") in WIDGET_TYPES else typ
         slots.append((name, typ, opts))
         if typ == "INT" and (opts.get("control_after_generate") or name in ("seed", "noise_seed")):
             slots.append(("control_after_generate", "CONTROL", {}))
@@ -196,8 +200,9 @@ def lint(schemas: dict[str, dict], workflow: dict) -> list[str]:
             continue
         for (name, t, opts), v in zip(slots, values, strict=True):
             errors.extend(f"{where}: {msg}" for msg in check_value(name, t, opts, v))
-        if [o["type"] for o in n.get("outputs", [])] != list(info["output"]):
-            errors.append(f"{where}: outputs {[o['type'] for o in n.get('outputs', [])]} != schema {info['output']}")
+        saved = [o["type"] for o in n.get("outputs", [])]
+        if saved != list(info["output"])[: len(saved)]:  # newer ComfyUI may append outputs (SaveImage: IMAGE, 0.26)
+            errors.append(f"{where}: outputs {saved} != schema {info['output']}")
     for link_id, src, slot, dst, dslot, typ in workflow["links"]:
         if src not in by_id or dst not in by_id:
             errors.append(f"link {link_id}: dangling")

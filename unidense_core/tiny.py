@@ -15,6 +15,7 @@ from torch import nn
 from .dmp.lora import LoraModule, LoraWeights, module_weight_shapes
 from .jointnet.model import ExchangeConfig, JointNetRGBD, build_branch
 from .merge.converters import ConverterConfig, MergeConverters
+from .merge.flux_converters import FluxConverterConfig, MergeFluxConverters
 
 # diffusers PixArtTransformer2DModel kwargs: PixArt-α 512 layout at toy width (4 blocks, 2 heads × 32).
 TINY_PIXART = dict(
@@ -47,6 +48,51 @@ PIXART_XL_512 = dict(
 )
 
 TINY_CONVERTER = ConverterConfig(num_layers=2, num_attention_heads=2, attention_head_dim=32, sample_size=8)
+
+# diffusers FluxTransformer2DModel kwargs: the FLUX.1-dev layout (guidance embedding, 16 latent channels packed
+# 2×2 = 64) at toy width: 3 double + 5 single blocks, 2 heads × 16, RoPE axes 4+6+6 = 16.
+TINY_FLUX = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=3,
+    num_single_layers=5,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=32,
+    pooled_projection_dim=16,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+# black-forest-labs/FLUX.1-dev transformer/config.json (for shape checks and benchmarks).
+FLUX_DEV = dict(
+    TINY_FLUX,
+    num_layers=19,
+    num_single_layers=38,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    axes_dims_rope=(16, 56, 56),
+)
+# MERGE-L converters for TINY_FLUX: 2 groups (double blocks {0,1},{2}; single blocks {0,1,2},{3,4}).
+TINY_FLUX_CONVERTER = FluxConverterConfig(
+    num_single_layers=2, num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6)
+)
+# The FLUX VAE (ae.safetensors) layout at toy width: 16 latent channels, factor 8, FLUX's shift and scale.
+TINY_FLUX_VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=16,
+    block_out_channels=(32, 32, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    scaling_factor=0.3611,
+    shift_factor=0.1159,
+    use_quant_conv=False,
+    use_post_quant_conv=False,
+)
 
 # diffusers AutoencoderKL kwargs: 4 levels (factor 8), 4 latent channels, SD scaling factor.
 TINY_VAE = dict(
@@ -82,6 +128,23 @@ def tiny_pixart(seed: int = 0, **overrides) -> nn.Module:
     from diffusers import PixArtTransformer2DModel
 
     return randomize_(PixArtTransformer2DModel(**{**TINY_PIXART, **overrides}), seed).eval()
+
+
+def tiny_flux_converters(cfg: FluxConverterConfig = TINY_FLUX_CONVERTER, seed: int = 5) -> MergeFluxConverters:
+    return randomize_(MergeFluxConverters(cfg), seed).eval()
+
+
+def tiny_flux(seed: int = 4, **overrides) -> nn.Module:
+    """A diffusers FluxTransformer2DModel (needs diffusers) in the FLUX.1-dev layout with random non-zero weights."""
+    from diffusers import FluxTransformer2DModel
+
+    return randomize_(FluxTransformer2DModel(**{**TINY_FLUX, **overrides}), seed).eval()
+
+
+def tiny_flux_vae(seed: int = 6) -> nn.Module:
+    from diffusers import AutoencoderKL
+
+    return randomize_(AutoencoderKL(**TINY_FLUX_VAE), seed, scale=0.1).eval()
 
 
 def tiny_vae(seed: int = 2) -> nn.Module:
@@ -215,3 +278,90 @@ class BlockAutoencoder(nn.Module):
         patches = z.permute(0, 2, 3, 1) @ self.basis.to(z.dtype)  # [B,h,w,3·f·f]
         x = patches.reshape(b, h, w, 3, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, h * f, w * f)
         return DecoderOutput(sample=x)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Official-format folders (diffusers / transformers layouts) for the standalone pipelines and the CLI
+
+TINY_CLIP_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2)
+TINY_T5 = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4)
+_LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+def write_clip_text(folder: str, seed: int = 5) -> None:
+    """``text_encoder/`` (CLIPTextModel, 32 wide) and ``tokenizer/`` (CLIP BPE over single letters) in ``folder``."""
+    import json
+    import os
+
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in _LETTERS:
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    tok = os.path.join(folder, "tokenizer")
+    os.makedirs(tok, exist_ok=True)
+    with open(os.path.join(tok, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(tok, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    special = {"unk_token": "<|endoftext|>", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>"}
+    with open(os.path.join(tok, "tokenizer_config.json"), "w", encoding="utf-8") as f:
+        json.dump({"model_max_length": 77, "pad_token": "<|endoftext|>", **special}, f)
+    ids = dict(bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    config = CLIPTextConfig(vocab_size=len(vocab), max_position_embeddings=77, **ids, **TINY_CLIP_TEXT)
+    randomize_(CLIPTextModel(config), seed, 0.1).save_pretrained(os.path.join(folder, "text_encoder"))
+
+
+def write_t5_text(folder: str, seed: int = 6) -> None:
+    """``text_encoder/`` (T5EncoderModel, 32 wide) and ``tokenizer/`` (a unigram vocabulary of letters)."""
+    import os
+
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [(f"▁{c}", -1.0) for c in _LETTERS] + [(c, -2.0) for c in _LETTERS]
+    T5Tokenizer(vocab=vocab, extra_ids=0).save_pretrained(os.path.join(folder, "tokenizer"))
+    model = T5EncoderModel(T5Config(vocab_size=len(vocab), **TINY_T5))
+    randomize_(model, seed, 0.1).save_pretrained(os.path.join(folder, "text_encoder"))
+
+
+def write_sd_folder(folder: str, unet: nn.Module | None = None, vae: nn.Module | None = None, text: bool = True) -> str:
+    """A local diffusers Stable Diffusion folder: ``unet/`` (if given), ``vae/``, ``text_encoder/``, ``tokenizer/``
+    and ``scheduler/`` (SD's scaled-linear schedule, DDIM with leading spacing and steps_offset 1)."""
+    import os
+
+    from diffusers import DDIMScheduler
+
+    if unet is not None:
+        unet.save_pretrained(os.path.join(folder, "unet"))
+    (vae if vae is not None else tiny_vae()).save_pretrained(os.path.join(folder, "vae"))
+    if text:
+        write_clip_text(folder)
+    DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    ).save_pretrained(os.path.join(folder, "scheduler"))
+    return folder
+
+
+def write_pixart_folder(
+    folder: str, transformer: nn.Module | None = None, vae: nn.Module | None = None, text: bool = True
+) -> str:
+    """A local diffusers PixArt-α folder: ``transformer/``, ``vae/``, ``scheduler/`` (DPM-Solver++) and, with
+    ``text``, a tiny T5 ``text_encoder/`` + ``tokenizer/``."""
+    import os
+
+    from diffusers import DPMSolverMultistepScheduler
+
+    (transformer if transformer is not None else tiny_pixart()).save_pretrained(os.path.join(folder, "transformer"))
+    (vae if vae is not None else tiny_vae()).save_pretrained(os.path.join(folder, "vae"))
+    if text:
+        write_t5_text(folder)
+    DPMSolverMultistepScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).save_pretrained(
+        os.path.join(folder, "scheduler")
+    )
+    return folder

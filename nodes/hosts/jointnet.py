@@ -28,7 +28,8 @@ from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel, forward_ti
 from comfy.ldm.modules.diffusionmodules.util import timestep_embedding
 from torch import nn
 
-from ...unidense_core.io.checkpoints import CheckpointError
+from ...unidense_core.io.checkpoints import CheckpointError, load_weights
+from ...unidense_core.jointnet.config import check_unet_config, norm_settings
 from ...unidense_core.jointnet.model import (
     JOINTNET_SOURCE_HINT,
     BranchFiles,
@@ -71,14 +72,45 @@ def get_info(model) -> JointNetInfo | None:
 # diffusers UNet config / weights -> ComfyUI (LDM)
 
 
+# What ComfyUI's UNetModel computes without being told (diffusers config key -> the only value it implements).
+COMFY_FIXED = {
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "act_fn": "silu",
+    "center_input_sample": False,
+    "resnet_time_scale_shift": "default",
+    "time_embedding_type": "positional",
+    "time_embedding_dim": None,
+    "timestep_post_act": None,
+    "only_cross_attention": False,
+    "mid_block_only_cross_attention": None,
+    "time_embedding_act_fn": None,
+    "cross_attention_norm": None,
+}
+
+
 def ldm_unet_config(config: dict, source: str) -> dict:
-    """A diffusers SD2.x UNet config.json -> ComfyUI ``UNetModel`` kwargs (as ``model_detection`` would detect)."""
-    try:
-        block_out = [int(c) for c in config["block_out_channels"]]
-        layers = int(config.get("layers_per_block", 2))
-        down, up = list(config["down_block_types"]), list(config["up_block_types"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{source}: not a diffusers UNet config ({exc}).") from exc
+    """A diffusers SD2.x UNet config.json -> ComfyUI ``UNetModel`` kwargs (as ``model_detection`` would detect).
+
+    The config is checked first (``check_unet_config``); values ComfyUI's UNet cannot follow are refused by name
+    instead of loading a model that computes something else.
+    """
+    check_unet_config(config, source)
+    for key, value in COMFY_FIXED.items():
+        given = config.get(key, value)
+        if isinstance(given, list | tuple) and all(v == value for v in given):
+            given = value  # a per-block list of the same value (e.g. only_cross_attention: [false, false, ...])
+        if key == "mid_block_only_cross_attention" and given is False:
+            given = None  # diffusers: None follows only_cross_attention (False); False says the same
+        if given != value:
+            raise CheckpointError(
+                f"{source}: {key}={config[key]!r} is not supported inside ComfyUI (SD2.1-base uses {value!r})."
+            )
+    block_out = [int(c) for c in config["block_out_channels"]]
+    layers = int(config.get("layers_per_block", 2))
+    down, up = list(config["down_block_types"]), list(config["up_block_types"])
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
     heads = [heads] * len(block_out) if isinstance(heads, int) else list(heads)
     head_ch = {c // h for c, h, t in zip(block_out, heads, down, strict=True) if "CrossAttn" in t}
@@ -109,6 +141,24 @@ def ldm_unet_config(config: dict, source: str) -> dict:
     }
 
 
+def norm_operations(ops, groups: int = 32, eps: float = 1e-5):
+    """ComfyUI ``ops`` whose GroupNorm follows the config: ComfyUI's UNetModel hard-codes ``GroupNorm(32, ...)`` (and
+    the default eps in ResNets and the output norm), diffusers takes ``norm_num_groups`` / ``norm_eps`` from
+    config.json. A subclass of the picked ops, so the casting behaviour is unchanged; no ComfyUI module is touched."""
+    if (groups, eps) == (32, 1e-5):
+        return ops
+
+    default_eps = eps
+
+    class GroupNorm(ops.GroupNorm):
+        def __init__(self, num_groups, num_channels, eps=None, affine=True, device=None, dtype=None):
+            # num_groups: ComfyUI's hard-coded 32, replaced; an explicit eps (attention norms: 1e-6) is kept.
+            eps = default_eps if eps is None else eps
+            super().__init__(groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
+
+    return type(f"{ops.__name__}_groups{groups}", (ops,), {"GroupNorm": GroupNorm})
+
+
 def convert_unet_state_dict(sd: dict[str, torch.Tensor], unet_config: dict, source: str) -> dict[str, torch.Tensor]:
     """diffusers UNet keys -> ComfyUI/LDM keys with ``comfy.utils.unet_to_diffusers``; every key must map (and the
     strict load that follows catches missing ones)."""
@@ -123,11 +173,11 @@ def convert_unet_state_dict(sd: dict[str, torch.Tensor], unet_config: dict, sour
 
 
 def _load_strict(module: nn.Module, sd: dict, source: str) -> None:
-    result = module.load_state_dict(sd, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing, unexpected = load_weights(module, sd)  # the file's tensors themselves where the dtype matches: no copy
+    if missing or unexpected:
         raise CheckpointError(
             f"{source}: the weights do not fill the model built from config.json (missing "
-            f"{result.missing_keys[:3]}, unexpected {result.unexpected_keys[:3]}). " + JOINTNET_SOURCE_HINT
+            f"{missing[:3]}, unexpected {unexpected[:3]}). " + JOINTNET_SOURCE_HINT
         )
 
 
@@ -155,7 +205,9 @@ def _branch_modules(files: BranchFiles, model_config, ops, dtype, unet: UNetMode
 
 
 def build_joint_model(files: JointNetFiles, name: str, dtype: torch.dtype | None = None):
-    """The JointNet MODEL: RGB BaseModel + depth branch patcher + joint DIFFUSION_MODEL wrapper + 8-ch latent."""
+    """The JointNet MODEL: RGB BaseModel + depth branch patcher + joint DIFFUSION_MODEL wrapper + 8-ch latent.
+
+    Consumes ``files``: each branch's state dict is released once its modules hold the weights."""
     source = f"'{files.rgb.weights_file}'"
     unet_config = ldm_unet_config(files.rgb.unet_config(), source)
     if ldm_unet_config(files.depth.unet_config(), f"'{files.depth.weights_file}'") != unet_config:
@@ -176,13 +228,19 @@ def build_joint_model(files: JointNetFiles, name: str, dtype: torch.dtype | None
     ops = comfy.ops.pick_operations(  # as BaseModel picks them, so both branches cast alike
         dtype, manual_cast, fp8_optimizations=model_config.optimizations.get("fp8", False)
     )
+    ops = norm_operations(ops, *norm_settings(files.rgb.config))  # the config's GroupNorm, not ComfyUI's 32
+    if norm_settings(files.depth.config) != norm_settings(files.rgb.config):
+        raise CheckpointError(f"'{files.folder}': unet/ and jointnet/ have different norm_num_groups / norm_eps.")
+    model_config.custom_operations = ops  # BaseModel builds the RGB UNet with the same ops as the depth branch
     # 1. RGB branch: a stock SD2.x BaseModel (ε-prediction forced: get_model({}) skips the v-pred weight heuristic).
     base = model_config.get_model({}, "")
     _, rgb_exchange = _branch_modules(files.rgb, model_config, ops, dtype, base.diffusion_model)
+    files.rgb.release()  # one branch at a time: its state dict goes before the next one is loaded
     base.jointnet_exchange = rgb_exchange  # our fresh model: the RGB branch owns its exchange layers
     patcher = comfy.model_patcher.ModelPatcher(base.to(offload_device), load_device, offload_device)
     # 2. Depth branch: its own patcher, loaded and offloaded together with the RGB model.
     depth = DepthBranch(*_branch_modules(files.depth, model_config, ops, dtype)).to(offload_device)
+    files.depth.release()
     depth_patcher = comfy.model_patcher.ModelPatcher(depth, load_device, offload_device)
     info = JointNetInfo(name, files.has_masked_latent_input, files.rgb.exchange_config.in_channels)
     patcher.set_additional_models(KEY, [depth_patcher])
@@ -303,14 +361,52 @@ def joint_diffusion_model(rgb_exchange: ExchangeLayers, depth: DepthBranch, info
 # Channel-wise inpainting inside any stock sampler
 
 
-def channel_inpaint_clone(model, cmask: torch.Tensor):
+NOT_THE_NODES_LATENT = (
+    "Connect the 'latent' output of 'UniDense Channel Inpaint RGB-D' to the sampler's latent_image (it carries the "
+    "kept image/depth and the noise mask the channel inpainting needs)."
+)
+
+
+def _check_sampled_latent(latent_image: torch.Tensor, denoise_mask, keep: torch.Tensor | None, known):
+    """Refuse a run whose LATENT is not the node's: without its noise mask ComfyUI never calls the per-channel mask,
+    and other kept values would contradict the masked-latent conditioning computed from the node's latent."""
+    if denoise_mask is None:
+        raise ValueError(
+            "This JointNet channel-inpainting MODEL was sampled with a LATENT that has no noise mask (e.g. "
+            "EmptyLatentImage): the kept image/depth would be regenerated. " + NOT_THE_NODES_LATENT
+        )
+    if known is None or keep is None:
+        return
+    lat = latent_image.detach().float().cpu()
+    if lat.shape[1:] != known.shape[1:]:
+        return  # the mask's own size check names the sizes
+
+    def same(i: int, j: int) -> bool:
+        return torch.equal(lat[i][keep[i]], known[j][keep[i]])
+
+    if lat.shape[0] == known.shape[0]:
+        ok = all(same(i, i) for i in range(lat.shape[0]))
+    else:  # RepeatLatentBatch / LatentFromBatch: each item must be one of the node's
+        ok = all(any(same(i, j) for j in range(known.shape[0])) for i in range(lat.shape[0]))
+    if not ok:
+        raise ValueError(
+            "The LATENT given to the sampler differs from the one 'UniDense Channel Inpaint RGB-D' returned in the "
+            "channels it keeps, so the result would keep other values than the model is conditioned on. "
+            + NOT_THE_NODES_LATENT
+        )
+
+
+def channel_inpaint_clone(model, cmask: torch.Tensor, known: torch.Tensor | None = None):
     """Clone that keeps the channels where ``cmask`` [B|1,8,h,w] is 0 equal to the LATENT's samples.
 
     During sampling ComfyUI's KSamplerX0Inpaint replaces the kept channels by the input latent noised to the
     current σ with the sampler's noise (the RePaint blend) and returns them as the denoised value; at the end of a
-    full run the kept channels are written back from the input latent so they are bit-identical to it.
+    full run the kept channels are written back from the input latent so they are bit-identical to it. A run whose
+    LATENT has no noise mask (the mask function would never be called) is refused; with ``known`` (the node's raw
+    samples [B,8,h,w]) so is one whose kept channels differ from it.
     """
     cmask = cmask.detach().float().cpu()
+    known = None if known is None else known.detach().float().cpu()
     m = model.clone()
     previous = m.model_options.get("denoise_mask_function")
 
@@ -328,8 +424,11 @@ def channel_inpaint_clone(model, cmask: torch.Tensor):
         return denoise_mask * fit(denoise_mask)
 
     def keep_exact(executor, noise, latent_image, sampler, sigmas, denoise_mask=None, *args, **kwargs):
+        keep = None if denoise_mask is None else fit(latent_image.detach().float().cpu()) == 0  # [B,8,h,w]
+        _check_sampled_latent(latent_image, denoise_mask, keep, known)
         out = executor(noise, latent_image, sampler, sigmas, denoise_mask, *args, **kwargs)
-        if denoise_mask is None or len(sigmas) == 0 or float(sigmas[-1]) != 0.0:
+        ends_clean = len(sigmas) > 0 and (float(sigmas[-1]) == 0.0 or getattr(sampler, "ends_clean", False))
+        if denoise_mask is None or not ends_clean:  # (the official DDIM ends clean at ᾱ_0: hosts/sampling.py)
             return out  # partial runs (KSamplerAdvanced) keep ComfyUI's own, still-noisy result
         effective = comfy.utils.reshape_mask(denoise_mask.to(out), out.shape) * fit(out)
         return torch.where(effective == 0, latent_image.to(out), out)

@@ -22,6 +22,7 @@ class ComfyPixArtHost:
         self.dm = dm
         self.num_blocks = len(dm.blocks)
         self.hidden_size = dm.hidden_size
+        self.patch_size = dm.patch_size
 
     def embed_timestep(self, timestep, batch, dtype):
         t = self.dm.t_embedder(timestep, dtype)  # [B,D]

@@ -29,6 +29,7 @@ import comfy.conds
 import comfy.utils
 import torch
 
+from ...unidense_core.io.checks import check_finite
 from ...unidense_core.tiling.panorama import (
     PanoramaConfig,
     View,
@@ -48,9 +49,10 @@ ASPECT_TOLERANCE = 0.01
 class PanoramaTiler:
     """State of one TiledPanorama MODEL: its settings and the seed of its per-step offsets."""
 
-    def __init__(self, config: PanoramaConfig, seed: int = 0):
+    def __init__(self, config: PanoramaConfig, seed: int = 0, preset: str | None = None):
         self.config = config
         self.seed = seed
+        self.preset = preset  # a named preset fixes window and stride: errors then point at the canvas size
         self._offsets: dict[int, list[int]] = {}
         self._warned = False
 
@@ -92,6 +94,8 @@ class PanoramaTiler:
             )
         batch, (height, width) = x_in.shape[0], x_in.shape[-2:]
         step, num_steps = self.step_of(timestep, model_options)
+        if step == 0:
+            check_finite(x_in, "The latent being sampled (with TiledPanorama)", "BChw")
         views = self.views_for(height, width, step, num_steps)
         has_area = any("area" in c for cl in conds if cl is not None for c in cl)
         if not self._warned and any("gligen" in c for cl in conds if cl is not None for c in cl):
@@ -112,7 +116,7 @@ class PanoramaTiler:
         shape = list(noise_shape)
         if len(shape) == 4:
             height, width = shape[-2:]
-            window = check_canvas(height, width, self.config)
+            window = check_canvas(height, width, self.config, preset=self.preset)
             n_tiles = len(plan_views(height, width, replace(self.config, random_offset=False)))
             tiles = [shape[0] * min(self.config.view_batch_size, n_tiles), shape[1], window, window]
             if self.config.full_canvas_fraction == 0 or tiles[0] * window * window > shape[0] * height * width:

@@ -23,6 +23,8 @@ import os
 
 import torch
 
+from ..io.checks import check_finite
+
 PROJECTIONS = ("perspective", "cylindrical", "equirectangular")
 DEPTH_KINDS = ("disparity", "depth")
 FORMATS = ("glb_mesh", "glb_points", "ply_points", "ply_mesh")
@@ -36,7 +38,8 @@ def require_trimesh():
     except ImportError as exc:
         raise ImportError(
             "Writing PLY/GLB files needs the 'trimesh' package, an optional dependency of UniDense. Install it into "
-            "ComfyUI's Python with `pip install trimesh` (or `pip install unidense[3d]`), then restart ComfyUI."
+            'ComfyUI\'s Python with `pip install trimesh` (or, in the UniDense folder, `pip install -e ".[3d]"`), '
+            "then restart ComfyUI."
         ) from exc
     return trimesh
 
@@ -53,6 +56,10 @@ def depth_from_map(
     ``depth``: v·scale + shift. Clipped to [near, far]."""
     if kind not in DEPTH_KINDS:
         raise ValueError(f"depth kind must be one of {DEPTH_KINDS}, got {kind!r}.")
+    for name, value in (("scale", scale), ("shift", shift)):
+        if not math.isfinite(value):
+            raise ValueError(f"The depth {name} must be a finite number, got {value!r}.")
+    check_finite(values, "depth", "HW" if values.ndim == 2 else None)
     if not 0 < near < far:
         raise ValueError(f"Need 0 < near < far, got near={near}, far={far}.")
     v = values.double() * scale + shift
@@ -64,6 +71,8 @@ def check_projection(height: int, width: int, projection: str, span: float) -> N
     """Bad projections raise with what to do (equirectangular needs 2:1; spans are in (0, 360])."""
     if projection not in PROJECTIONS:
         raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}.")
+    if height < 1 or width < 1:
+        raise ValueError(f"The image is {width}×{height} pixels; a 3D export needs at least one pixel.")
     if projection == "equirectangular" and abs(width / height / 2 - 1) > EQUIRECT_TOLERANCE:
         raise ValueError(
             f"An equirectangular panorama covers 360°×180° and must be 2:1; this image is {width}×{height} "
@@ -72,6 +81,13 @@ def check_projection(height: int, width: int, projection: str, span: float) -> N
         )
     if projection == "cylindrical" and not 0 < span <= 360:
         raise ValueError(f"The cylindrical span must be in (0, 360] degrees, got {span}.")
+    reach = span * (height - 1) / width / 2  # degrees above/below the horizon at the outermost pixel centres
+    if projection == "cylindrical" and reach >= 90:
+        raise ValueError(
+            f"A cylindrical panorama of {width}×{height} spanning {span:g}° reaches {reach:g}° above and below the "
+            "horizon (square pixels in angle), but a cylinder stays under 90°. Use a wider image, the "
+            "'equirectangular' projection for 2:1 360° images, or 'perspective'."
+        )
 
 
 def unproject(depth: torch.Tensor, projection: str, fov: float = 60.0, span: float = 360.0) -> torch.Tensor:
@@ -117,8 +133,8 @@ def drop_stretched(faces: torch.Tensor, depth: torch.Tensor, max_ratio: float) -
     """Remove triangles across depth discontinuities (far/near depth ratio above ``max_ratio``; 0 = keep all)."""
     if max_ratio <= 0:
         return faces
-    if max_ratio <= 1:
-        raise ValueError(f"max_ratio must be 0 (off) or > 1, got {max_ratio}.")
+    if not max_ratio > 1:
+        raise ValueError(f"max_ratio (the node's max_depth_ratio) must be 0 (off) or > 1, got {max_ratio}.")
     d = depth.flatten()[faces]  # [F,3]
     return faces[d.amax(dim=1) / d.amin(dim=1) <= max_ratio]
 
@@ -140,6 +156,8 @@ def rgbd_to_geometry(
         raise ValueError(f"depth {tuple(depth.shape)} and rgb {tuple(rgb.shape[:2])} must have the same size.")
     if step < 1:
         raise ValueError(f"step must be >= 1, got {step}.")
+    check_finite(rgb, "rgb", "HWC")
+    check_finite(depth, "depth", "HW")
     height, width = depth.shape
     check_projection(height, width, projection, span)
     if step > 1:
@@ -153,6 +171,27 @@ def rgbd_to_geometry(
     faces = drop_stretched(grid_faces(*depth.shape, wrap=wrap), depth, max_ratio)
     colors = (rgb[..., :3].double().clamp(0, 1) * 255).round().to(torch.uint8).reshape(-1, 3)
     return points.reshape(-1, 3).float(), colors, faces
+
+
+def check_geometry(vertices: torch.Tensor, colors: torch.Tensor, faces: torch.Tensor | None, file_format: str) -> None:
+    """What a viewer needs to open the file: finite vertices, a colour per vertex, at least one point, and for a
+    mesh at least one triangle with valid indices (an empty or NaN GLB does not open in Preview 3D)."""
+    if file_format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {file_format!r}.")
+    if vertices.ndim != 2 or vertices.shape[-1] != 3 or vertices.shape[0] == 0:
+        raise ValueError(f"Nothing to write: {tuple(vertices.shape)} vertices; the image needs at least one pixel.")
+    check_finite(vertices, "The 3D vertices (from depth, scale, shift and the projection)")
+    if colors.shape != vertices.shape:
+        raise ValueError(f"{colors.shape[0]} colours for {vertices.shape[0]} vertices.")
+    if file_format.endswith("mesh"):
+        if faces is None or faces.ndim != 2 or faces.shape[0] == 0:
+            raise ValueError(
+                "The mesh has no triangle: it needs an image of at least 2×2 pixels after 'step', and "
+                "max_depth_ratio (if set) must keep some triangles. Use a larger image, a smaller step or "
+                "max_depth_ratio = 0, or a points format."
+            )
+        if int(faces.min()) < 0 or int(faces.max()) >= vertices.shape[0]:
+            raise ValueError(f"Face indices run outside the {vertices.shape[0]} vertices.")
 
 
 def _unlit_double_sided(tree: dict) -> None:
@@ -177,15 +216,12 @@ def save_geometry(
     path: str, vertices: torch.Tensor, colors: torch.Tensor, faces: torch.Tensor | None, file_format: str
 ) -> str:
     """Write a point cloud or mesh as ``glb_mesh``, ``glb_points``, ``ply_points`` or ``ply_mesh``; returns path."""
-    if file_format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {file_format!r}.")
+    check_geometry(vertices, colors, faces, file_format)
     trimesh = require_trimesh()
     v, c = vertices.detach().cpu().numpy(), colors.detach().cpu().numpy()
     if file_format.endswith("points"):
         geom = trimesh.PointCloud(v, colors=c)
     else:
-        if faces is None:
-            raise ValueError(f"{file_format} needs faces.")
         geom = trimesh.Trimesh(v, faces.detach().cpu().numpy(), vertex_colors=c, process=False)
     if file_format.startswith("glb"):
         from trimesh.exchange.gltf import export_glb

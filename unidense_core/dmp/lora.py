@@ -17,18 +17,17 @@ A folder (the official checkpoints are folders) is read through ``pytorch_lora_w
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from ..io.checkpoints import CheckpointError, _fmt, load_json, load_state_dict
+from ..io.checkpoints import CheckpointError, _fmt, check_finite_weights, load_json, load_state_dict, parse_json
 
 logger = logging.getLogger(__name__)
 
@@ -110,41 +109,118 @@ def resolve_lora_file(path: str | os.PathLike) -> str:
     return path
 
 
-def _adapter_config(file: str) -> dict | None:
+# A plain module name or name suffix ("to_q", "attn1.to_q", "down_blocks.0.attentions.0..."): our own linear-time
+# pattern. Pattern keys taken from a file are never compiled as regular expressions (see _pattern_value).
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_\-]+(?:\.[A-Za-z0-9_\-]+)*")
+
+
+@dataclass(frozen=True)
+class PeftConfig:
+    """The peft hyper-parameters that set a LoRA's scale (``adapter_config.json``), checked when read."""
+
+    r: int | None = None  # None: each module's own rank
+    lora_alpha: float | None = None  # None: = r (scale 1)
+    rank_pattern: dict[str, tuple[int, int]] = field(default_factory=dict)  # name or suffix -> (file order, rank)
+    alpha_pattern: dict[str, tuple[int, float]] = field(default_factory=dict)  # name or suffix -> (order, alpha)
+    use_rslora: bool = False
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def read_peft_config(data: Mapping, source: str) -> PeftConfig:
+    """Check an adapter config's types and pattern keys; errors name ``source`` and the bad entry."""
+
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(
+            f"{source}: {what}. Restore the adapter config peft wrote with this LoRA (adapter_config.json beside "
+            "adapter_model.safetensors); without one the scale comes from the file's alpha tensors, else 1.0."
+        )
+
+    r, alpha = data.get("r"), data.get("lora_alpha")
+    if r is not None and not _positive_int(r):
+        raise bad(f"'r' must be a positive integer, got {r!r}")
+    if alpha is not None and not _finite_number(alpha):
+        raise bad(f"'lora_alpha' must be a finite number, got {alpha!r}")
+    rslora = data.get("use_rslora") or False
+    if not isinstance(rslora, bool):
+        raise bad(f"'use_rslora' must be true or false, got {rslora!r}")
+    patterns = {}
+    for key, ok, want in (
+        ("rank_pattern", _positive_int, "a positive integer"),
+        ("alpha_pattern", _finite_number, "a finite number"),
+    ):
+        table = data.get(key) or {}
+        if not isinstance(table, Mapping):
+            raise bad(f"'{key}' must be an object mapping module names to values, got {type(table).__name__}")
+        for name, value in table.items():
+            if not isinstance(name, str) or len(name) > 1000 or not _MODULE_NAME.fullmatch(name):
+                raise bad(
+                    f"'{key}' key {str(name)[:80]!r} is not a plain module name. UniDense matches these keys as module "
+                    "names or name suffixes (e.g. 'attn1.to_q'), as peft does for plain names, and never runs a "
+                    "regular expression taken from a file; replace it with the module names it stands for"
+                )
+            if not ok(value):
+                raise bad(f"'{key}' value for '{name}' must be {want}, got {value!r}")
+        patterns[key] = {name: (i, value) for i, (name, value) in enumerate(table.items())}
+    return PeftConfig(r, alpha, patterns["rank_pattern"], patterns["alpha_pattern"], rslora)
+
+
+def _adapter_config(file: str) -> PeftConfig | None:
     """peft hyper-parameters: adapter_config.json beside the file, else the safetensors LoRA metadata."""
     cfg_path = os.path.join(os.path.dirname(file), "adapter_config.json")
     if os.path.isfile(cfg_path):
-        return load_json(cfg_path)
+        return read_peft_config(load_json(cfg_path), f"'{cfg_path}'")
     if file.endswith((".safetensors", ".sft")):
         from safetensors import safe_open
 
-        with safe_open(file, framework="pt") as f:
-            raw = (f.metadata() or {}).get("lora_adapter_metadata")
+        try:
+            with safe_open(file, framework="pt") as f:
+                raw = (f.metadata() or {}).get("lora_adapter_metadata")
+        except Exception as exc:  # safetensors raises its own error type for broken headers
+            raise CheckpointError(
+                f"'{file}' is not a readable safetensors file ({exc}); it may be truncated. Download it again."
+            ) from exc
         if raw:
-            meta = json.loads(raw)
-            return {k[len("unet.") :] if k.startswith("unet.") else k: v for k, v in meta.items()}
+            source = f"The 'lora_adapter_metadata' of '{file}'"
+            meta = parse_json(raw, source)
+            return read_peft_config({k.removeprefix("unet."): v for k, v in meta.items()}, source)
     return None
 
 
-def _pattern_value(patterns: Mapping[str, float], name: str) -> float | None:
-    for key, value in patterns.items():  # peft's get_pattern_key: first pattern matching a suffix of the name
-        if re.match(rf"(.*\.)?({key})$", name):
-            return value
-    return None
+def _pattern_value(patterns: Mapping[str, tuple[int, float]], name: str) -> float | None:
+    """peft's ``get_pattern_key`` for plain names: the first key (in file order) equal to ``name`` or to a suffix of
+    it that starts after a dot. One dictionary look-up per suffix, so the time is bounded whatever the file holds."""
+    parts = name.split(".")
+    hits = [patterns[s] for s in (".".join(parts[i:]) for i in range(len(parts))) if s in patterns]
+    return min(hits)[1] if hits else None
 
 
-def _peft_scale(config: Mapping, name: str, rank: int) -> float:
-    r = _pattern_value(config.get("rank_pattern") or {}, name) or config.get("r", rank)
-    alpha = _pattern_value(config.get("alpha_pattern") or {}, name) or config.get("lora_alpha", r)
-    if int(r) != rank:
+def _peft_scale(config: PeftConfig, name: str, rank: int) -> float:
+    r = _pattern_value(config.rank_pattern, name)
+    r = r if r is not None else (config.r if config.r is not None else rank)
+    alpha = _pattern_value(config.alpha_pattern, name)
+    alpha = alpha if alpha is not None else (config.lora_alpha if config.lora_alpha is not None else r)
+    if r != rank:
         raise CheckpointError(f"adapter config says rank {r} for '{name}', but its weights have rank {rank}.")
-    return float(alpha) / (math.sqrt(rank) if config.get("use_rslora") else rank)
+    return float(alpha) / (math.sqrt(rank) if config.use_rslora else rank)
 
 
 def parse_lora_state_dict(
-    state_dict: Mapping[str, torch.Tensor], source: str = "LoRA", config: Mapping | None = None
+    state_dict: Mapping[str, torch.Tensor], source: str = "LoRA", config: PeftConfig | Mapping | None = None
 ) -> LoraWeights:
-    """Group a LoRA state dict into :class:`LoraModule` s keyed by diffusers UNet module names."""
+    """Group a LoRA state dict into :class:`LoraModule` s keyed by diffusers UNet module names.
+
+    Every tensor must be floating point and finite, every rank ≥ 1 and every alpha one finite number: a LoRA holding
+    a NaN would turn every output of the model NaN.
+    """
+    if config is not None and not isinstance(config, PeftConfig):
+        config = read_peft_config(config, f"{source}: adapter config")
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     alphas: dict[str, float] = {}
     layouts: set[str] = set()
@@ -161,11 +237,17 @@ def parse_lora_state_dict(
         elif m := _COMPAT.fullmatch(key):
             name, kind, layout = m["mod"], m["kind"], "lora_compatible"
         elif m := _ALPHA.fullmatch(key):
+            if value.numel() != 1:
+                raise CheckpointError(f"{source}: '{key}' must hold one number, got shape {tuple(value.shape)}.")
             alphas[m["mod"]] = float(value.float().item())
+            if not math.isfinite(alphas[m["mod"]]):
+                raise CheckpointError(f"{source}: '{key}' is {alphas[m['mod']]}; an alpha must be a finite number.")
             continue
         else:
             unknown.append(key)
             continue
+        if not value.is_floating_point():
+            raise CheckpointError(f"{source}: '{key}' holds {value.dtype} values; LoRA weights are floating point.")
         if kind in pairs.setdefault(name, {}):
             raise CheckpointError(f"{source} holds two '{kind}' weights for module '{name}' (e.g. '{key}').")
         pairs[name][kind] = value
@@ -195,6 +277,8 @@ def parse_lora_state_dict(
                 "which do not form a low-rank pair ([r, in] and [out, r])."
             )
         rank = int(down.shape[0])
+        if rank < 1:
+            raise CheckpointError(f"{source}: module '{name}' has rank 0 (down {tuple(down.shape)}): no update.")
         if name in alphas:
             scale = alphas.pop(name) / rank
         elif config is not None and "peft" in layouts:
@@ -202,6 +286,7 @@ def parse_lora_state_dict(
         else:
             scale = 1.0  # diffusers attn-processor LoRAs have no alpha (network_alpha None): official DMP scale
         modules[name] = LoraModule(down, up, scale)
+    check_finite_weights(state_dict, source)
     if alphas:
         raise CheckpointError(f"{source} has alpha values without weights: {_fmt(sorted(alphas), 3)}.")
     if layouts == {"peft"} and config is None and not any(k.endswith(".alpha") for k in state_dict):

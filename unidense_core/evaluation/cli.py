@@ -51,7 +51,7 @@ def add_cli(subparsers) -> None:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     add_estimator_args(ev)
-    ev.set_defaults(func=run_evaluate)
+    ev.set_defaults(run=run_evaluate)
 
     inf = subparsers.add_parser(
         "infer",
@@ -66,7 +66,7 @@ def add_cli(subparsers) -> None:
     inf.add_argument("--seed", type=int, default=0, help="run seed; each image's seed comes from its path")
     inf.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
     add_estimator_args(inf)
-    inf.set_defaults(func=run_infer)
+    inf.set_defaults(run=run_infer)
 
 
 def _state(cpu: bool):

@@ -6,6 +6,7 @@ silently into NaN, a clamp or a guess further down.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -87,3 +88,54 @@ def check_choice(value: object, name: str, options: Sequence[object]) -> object:
     if value not in options:
         raise ValueError(f"{name} must be one of {list(options)}, got {value!r}.")
     return value
+
+
+def check_number(value: object, name: str, low: float | None = None, high: float | None = None) -> float:
+    """A FLOAT/INT widget value: a finite number within [low, high] (ComfyUI's range check lets NaN through)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}.")
+    if low is not None and value < low:
+        raise ValueError(
+            f"{name} must be at least {low}" + (f" and at most {high}" if high is not None else "") + f", got {value}."
+        )
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high}, got {value}.")
+    return float(value)
+
+
+def check_conditioning(cond: object, name: str, context_dim: int | None = None) -> list:
+    """A ComfyUI CONDITIONING: a non-empty list of [context [B,T,C], dict], tensors finite, ``C == context_dim``."""
+    if not isinstance(cond, list) or not cond:
+        got = "an empty list" if isinstance(cond, list) else type(cond).__name__
+        raise ValueError(f"{name} must be a CONDITIONING (a text encoder's output), got {got}.")
+    for i, entry in enumerate(cond):
+        where = f"{name}[{i}]" if len(cond) > 1 else name
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2 or not isinstance(entry[1], dict):
+            raise ValueError(f"{where} must be a [tensor, dict] pair as text encoders give it.")
+        ctx = entry[0]
+        if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3:
+            shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
+            raise ValueError(f"{where} must hold a text embedding [B,tokens,channels], got {shape}.")
+        check_not_empty(ctx, where, "BTC")
+        check_finite(ctx, where, "BTC")
+        if context_dim is not None and ctx.shape[-1] != context_dim:
+            raise ValueError(
+                f"{where} has {ctx.shape[-1]}-wide embeddings but the model takes {context_dim}: it comes from "
+                "another text encoder. Encode the prompt with the CLIP of this model's checkpoint."
+            )
+        for key, value in entry[1].items():
+            if isinstance(value, torch.Tensor):
+                check_finite(value, f"{where} '{key}'")
+    return cond
+
+
+def check_reference(x: object, name: str = "reference_image") -> tuple[int, int]:
+    """An IMAGE used only for its size: 4-D with at least one pixel. Returns (H, W); its values are not read."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name} must be an IMAGE [B,H,W,C], got {shape}.")
+    if x.shape[1] == 0 or x.shape[2] == 0:
+        raise ValueError(
+            f"{name} is {x.shape[2]}×{x.shape[1]} px; the output is resized to its size, so it needs pixels."
+        )
+    return int(x.shape[1]), int(x.shape[2])

@@ -46,6 +46,8 @@ ASPECT_RATIO_512_BIN: dict[str, tuple[int, int]] = {
 
 def classify_bin(height: int, width: int, bins: dict[str, tuple[int, int]] = ASPECT_RATIO_512_BIN) -> tuple[int, int]:
     """The bin whose ratio is closest to height/width (ties: the first listed, as diffusers)."""
+    if height <= 0 or width <= 0:
+        raise ValueError(f"image is {width}×{height} px; an image needs at least one pixel on each side.")
     ratio = height / width
     key = min(bins, key=lambda r: abs(float(r) - ratio))
     return bins[key]
@@ -70,6 +72,7 @@ def check_multiple(height: int, width: int, multiple: int, name: str = "image") 
 # Processing resolution for dense estimators (diffusers Marigold semantics, shared by the UniDense estimators)
 
 RESIZE_SIDES = ("longer", "shorter")  # longer: diffusers Marigold; shorter: DMP's official __call__ (512)
+MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION: no processing size may have a longer side than this (or than the input)
 
 
 def _round_to(value: float, multiple: int) -> int:
@@ -77,13 +80,20 @@ def _round_to(value: float, multiple: int) -> int:
 
 
 def processing_size(
-    height: int, width: int, processing_resolution: int, multiple: int = 8, side: str = "longer"
+    height: int,
+    width: int,
+    processing_resolution: int,
+    multiple: int = 8,
+    side: str = "longer",
+    max_side: int = MAX_SIDE,
 ) -> tuple[int, int]:
     """(height, width) at which to run an estimator, aspect ratio kept.
 
     ``processing_resolution`` is the length of the ``side`` ("longer" as diffusers Marigold, "shorter" as DMP's
     official pipeline); 0 keeps the native size. Both sides are then rounded to the nearest multiple of
-    ``multiple`` (the VAE factor 8), so the result may differ from the input aspect by < 1 multiple.
+    ``multiple`` (the VAE factor 8), so the result may differ from the input aspect by < 1 multiple. A result whose
+    longer side exceeds ``max_side`` (and the input's) is refused: a thin strip scaled on its shorter side would
+    otherwise ask for tens of GiB.
     """
     if side not in RESIZE_SIDES:
         raise ValueError(f"side must be one of {RESIZE_SIDES}, got {side!r}.")
@@ -98,7 +108,16 @@ def processing_size(
         return _round_to(height, multiple), _round_to(width, multiple)
     ref = max(height, width) if side == "longer" else min(height, width)
     scale = processing_resolution / ref
-    return _round_to(height * scale, multiple), _round_to(width * scale, multiple)
+    out = _round_to(height * scale, multiple), _round_to(width * scale, multiple)
+    limit = max(max_side, _round_to(max(height, width), multiple))
+    if max(out) > limit:
+        raise ValueError(
+            f"processing_resolution {processing_resolution} on the {side} side of this {width}×{height} image gives "
+            f"{out[1]}×{out[0]} px, over the limit of {limit} px per side ({4 * 3 * out[0] * out[1] / 2**30:.1f} GiB "
+            "per image). Use side 'longer', a smaller processing_resolution, or crop the image to a less extreme "
+            "aspect ratio."
+        )
+    return out
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..io.checks import check_finite
+
 # Preset -> (RGB mask, depth mask) fill values, 1 = generate. "joint" is plain joint generation.
 PRESETS: dict[str, tuple[float, float]] = {
     "rgb2j": (0.0, 1.0),  # image -> depth: keep the image, generate the depth
@@ -31,7 +33,7 @@ def as_mask(mask: torch.Tensor, name: str = "mask") -> torch.Tensor:
         mask = mask[:, None]
     elif mask.ndim != 4 or mask.shape[1] != 1:
         raise ValueError(f"{name} must be [H,W], [B,H,W] or [B,1,H,W]; got shape {tuple(mask.shape)}.")
-    mask = mask.float()
+    mask = check_finite(mask, name, "B1HW").float()  # a NaN must never mean 'keep' (NaN >= 0.5 is False)
     if mask.numel() and (mask.min() < 0 or mask.max() > 1):
         raise ValueError(f"{name} must hold values in [0, 1] (1 = generate, 0 = keep).")
     return mask

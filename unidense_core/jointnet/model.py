@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ..io.checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
+from .config import check_unet_config
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +55,6 @@ SD21_BASE_UNET: dict[str, Any] = dict(
     norm_num_groups=32,
     act_fn="silu",
 )
-# Config keys whose non-default values this implementation does not handle (SD2.1 uses none of them).
-_UNSUPPORTED = {
-    "class_embed_type": None,
-    "addition_embed_type": None,
-    "encoder_hid_dim_type": None,
-    "time_cond_proj_dim": None,
-    "num_class_embeds": None,
-    "dual_cross_attention": False,
-}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -86,8 +78,15 @@ class ExchangeConfig:
         try:
             block_out = [int(c) for c in config["block_out_channels"]]
             layers = config.get("layers_per_block", 2)
+            in_ch = int(config.get("in_channels", 4))
+            joint_in = int(config.get("joint_in_channels") or in_ch)
+            kernel = int(config.get("conv_in_kernel", 3))
         except KeyError as exc:
             raise CheckpointError(f"{source} is not a UNet config: key {exc} is missing.") from exc
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source} is not a valid UNet config ({exc}).") from exc
+        if not block_out:
+            raise CheckpointError(f"{source}: block_out_channels is empty.")
         if not isinstance(layers, int):
             raise CheckpointError(
                 f"{source}: layers_per_block={layers!r}; JointNet's exchange layers need one value for all levels."
@@ -97,13 +96,12 @@ class ExchangeConfig:
             skips += [ch] * layers  # each resnet(+attention) output
             if level < len(block_out) - 1:
                 skips.append(ch)  # the downsampler's output
-        in_ch = int(config.get("in_channels", 4))
         return cls(
             skip_channels=tuple(skips),
             mid_channels=block_out[-1],
             in_channels=in_ch,
-            joint_in_channels=int(config.get("joint_in_channels") or in_ch),
-            conv_in_kernel=int(config.get("conv_in_kernel", 3)),
+            joint_in_channels=joint_in,
+            conv_in_kernel=kernel,
             has_masked_latent_input=bool(config.get("has_masked_latent_input", False)),
         )
 
@@ -264,15 +262,6 @@ def joint_forward(
 # diffusers host and modules
 
 
-def check_unet_config(config: Mapping[str, Any], source: str = "config") -> None:
-    """Refuse UNet configs with features the split forward does not implement (SD2.1 uses none of them)."""
-    for key, default in _UNSUPPORTED.items():
-        if config.get(key, default) not in (default, None):
-            raise CheckpointError(f"{source}: {key}={config[key]!r} is not supported; JointNet uses SD2.1-base UNets.")
-    if config.get("mid_block_type", "UNetMidBlock2DCrossAttn") != "UNetMidBlock2DCrossAttn":
-        raise CheckpointError(f"{source}: mid_block_type={config['mid_block_type']!r} is not supported.")
-
-
 @dataclass
 class _DiffusersState:
     emb: torch.Tensor
@@ -426,6 +415,11 @@ class BranchFiles:
         """The config as plain diffusers ``UNet2DConditionModel`` kwargs (JointNet-only keys removed)."""
         return {k: v for k, v in self.config.items() if not k.startswith("_") and k not in JOINTNET_CONFIG_KEYS}
 
+    def release(self) -> None:
+        """Drop this branch's tensors once they are in a module, so a cast copy or the file's mapping is not kept
+        alive beside the module's weights (loaders call it branch by branch)."""
+        self.unet_state_dict, self.exchange_state_dict = {}, {}
+
 
 @dataclass
 class JointNetFiles:
@@ -493,7 +487,10 @@ def read_branch(folder: str, name: str) -> BranchFiles:
 
 
 def read_jointnet_folder(path: str | os.PathLike) -> JointNetFiles:
-    """Read an official JointNet folder (``unet/`` = RGB, ``jointnet/`` = depth) without building any model."""
+    """Read an official JointNet folder (``unet/`` = RGB, ``jointnet/`` = depth) without building any model.
+
+    The weights are memory-mapped (:func:`load_state_dict`), so both branches are checked here, before anything is
+    built, at the cost of reading the keys only."""
     folder = find_jointnet_folder(path)
     rgb, depth = (read_branch(folder, b) for b in BRANCHES)
     if rgb.exchange_config.has_masked_latent_input != depth.exchange_config.has_masked_latent_input:
@@ -530,15 +527,21 @@ def build_branch(
 def load_jointnet(
     path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> JointNetRGBD:
-    """Load an official JointNet folder (diffusers modules; needs diffusers)."""
+    """Load an official JointNet folder (diffusers modules; needs diffusers).
+
+    One branch at a time: its modules take the file's tensors (no copy), are cast to ``dtype`` and moved to
+    ``device``, then the branch's state dict is released, so at most one extra copy of one branch is alive.
+    """
     files = read_jointnet_folder(path)
+    dtype = dtype or next(iter(files.rgb.unet_state_dict.values())).dtype
     branches = []
     for b in (files.rgb, files.depth):
         sd = {**b.unet_state_dict, **b.exchange_state_dict}
-        branches.append(build_branch(b.unet_config(), b.exchange_config, sd, f"'{b.weights_file}'"))
-    model = JointNetRGBD(*branches)
-    first = next(iter(files.rgb.unet_state_dict.values()))
-    return model.to(device=device, dtype=dtype or first.dtype).eval()
+        branch = build_branch(b.unet_config(), b.exchange_config, sd, f"'{b.weights_file}'")
+        del sd
+        b.release()
+        branches.append(branch.to(device=device, dtype=dtype))
+    return JointNetRGBD(*branches).eval()
 
 
 def save_jointnet(model: JointNetRGBD, folder: str | os.PathLike, safe_serialization: bool = True) -> str:

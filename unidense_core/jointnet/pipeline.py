@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..dense.outputs import DISPARITY, DenseOutput
 from ..dense.readout import decoded_to_unit, jointnet_depth_from_unit
-from ..io.checkpoints import require_subfolder, scheduler_config
+from ..io.checkpoints import TRANSFORMERS_WEIGHTS, require_model_folder, require_tokenizer_folder, scheduler_config
+from ..io.checks import check_finite, check_not_empty
+from ..tiling.panorama import circular_pad, crop_pad
 from .inpaint import (
     MODES,
     as_mask,
@@ -49,18 +52,20 @@ SD21_BASE_SCHEDULER = dict(
     timestep_spacing="leading",
 )
 SD21_FOLDER_HINT = (
-    "Expected a local diffusers folder of 'stabilityai/stable-diffusion-2-1-base' with vae/, text_encoder/ and "
-    "tokenizer/ (scheduler/ optional); JointNet's own unet/ and jointnet/ replace its UNet."
+    "Expected a local diffusers folder of 'stabilityai/stable-diffusion-2-1-base' (huggingface.co/stabilityai/"
+    "stable-diffusion-2-1-base, downloaded as a whole) with vae/, text_encoder/ and tokenizer/ (scheduler/ "
+    "optional); JointNet's own unet/ and jointnet/ replace its UNet."
 )
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, timestep, latents [B,8,h,w])
 
 
 @dataclass
-class JointNetOutput:
-    image: torch.Tensor  # [B,3,H,W] in [0, 1]
-    depth: torch.Tensor  # [B,H,W] channel 0 of the decoded depth half: relative disparity in [0, 1], near = bright
-    depth_decoded: torch.Tensor  # [B,3,H,W] in [0, 1], all three decoded channels
-    latents: torch.Tensor  # [B,8,h,w] final joint latent (model space)
+class JointNetOutput(DenseOutput):
+    """``image`` [B,3,H,W] in [0, 1]; ``depth`` [B,H,W] = channel 0 of the decoded depth half (relative disparity in
+    [0, 1], near = bright); ``depth_decoded`` [B,3,H,W] all three decoded channels; ``latents`` [B,8,h,w]."""
+
+    depth_kind: str = DISPARITY
+    depth_decoded: torch.Tensor | None = None
 
 
 def guided_eps(
@@ -103,6 +108,7 @@ def ddim_generate(
 ) -> torch.Tensor:
     """Joint DDIM (η = 0) from ``latents`` = N(0, I) [B,8,h,w]; returns the final joint latent."""
     check_joint_latent(latents, model.latent_channels, "latents")
+    check_finite(check_not_empty(latents, "latents", "BChw"), "latents", "BChw")
     b = latents.shape[0]
     cond, uncond = _expand(cond, b), _expand(uncond, b)
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
@@ -143,14 +149,18 @@ def ddim_inpaint(
     strength: float = 1.0,
     masked: torch.Tensor | None = None,
     callback: StepCallback | None = None,
+    start_from_noise: bool = False,
 ) -> torch.Tensor:
     """Channel-wise inpainting loop of the official inpaint pipeline, on latents.
 
     ``init_latents`` [B,8,h,w] are the known latents (model space), ``mask`` [B|1,8,h,w] the binary channel mask
     (1 = generate), ``noise`` [B,8,h,w] the one noise tensor used to start and to re-noise the known channels.
     Kept channels equal ``add_noise(init, noise, t_next)`` after every step and ``init`` after the last.
+    ``start_from_noise`` starts from ``noise`` even at strength < 1 (the official pipeline given ``latents``).
     """
     check_joint_latent(init_latents, model.latent_channels, "init_latents")
+    for name, x in (("init_latents", init_latents), ("noise", noise), ("mask", mask)):
+        check_finite(check_not_empty(x, name), name)
     if noise.shape != init_latents.shape:
         raise ValueError(f"noise {tuple(noise.shape)} must have the shape of init_latents {tuple(init_latents.shape)}.")
     if mask.shape[1:] != init_latents.shape[1:] or mask.shape[0] not in (1, init_latents.shape[0]):
@@ -161,7 +171,7 @@ def ddim_inpaint(
     scheduler.set_timesteps(num_inference_steps, device=init_latents.device)
     timesteps = strength_timesteps(scheduler, num_inference_steps, strength)
     # 1. Start: pure noise at strength 1 (both halves, the kept one included), else the noised input latents.
-    if strength == 1.0:
+    if strength == 1.0 or start_from_noise:
         z = noise * scheduler.init_noise_sigma
     else:
         z = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(b))
@@ -200,19 +210,21 @@ class JointNetPipeline:
         """JointNet branches from the official folder, VAE/text encoder/scheduler from a local SD2.1-base folder."""
         from diffusers import AutoencoderKL
 
-        def sub(name: str) -> str:
-            return require_subfolder(sd21_dir, name, SD21_FOLDER_HINT)
-
+        # Every file is checked before anything heavy is loaded, so a missing one fails in a second.
+        vae_dir = require_model_folder(sd21_dir, "vae", SD21_FOLDER_HINT)
+        if load_text_encoder:
+            te_dir = require_model_folder(sd21_dir, "text_encoder", SD21_FOLDER_HINT, TRANSFORMERS_WEIGHTS)
+            tok_dir = require_tokenizer_folder(sd21_dir, "tokenizer", SD21_FOLDER_HINT)
         model = load_jointnet(jointnet_dir, device=device, dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=dtype, local_files_only=True).to(device).eval()
+        vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True).to(device).eval()
         sched = scheduler_config(sd21_dir, SD21_BASE_SCHEDULER)
         text_encoder = tokenizer = None
         if load_text_encoder:
             from transformers import CLIPTextModel, CLIPTokenizer
 
-            text_encoder = CLIPTextModel.from_pretrained(sub("text_encoder"), torch_dtype=dtype, local_files_only=True)
+            text_encoder = CLIPTextModel.from_pretrained(te_dir, torch_dtype=dtype, local_files_only=True)
             text_encoder = text_encoder.to(device).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
+            tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
         return cls(model, vae, sched, text_encoder, tokenizer)
 
     @property
@@ -268,13 +280,20 @@ class JointNetPipeline:
         return dist.sample(generator) * self.vae.config.scaling_factor
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> JointNetOutput:
-        """Decode both halves separately; the depth is channel 0 of the decoded depth image."""
+    def decode(self, latents: torch.Tensor, circular_padding: int = 0) -> JointNetOutput:
+        """Decode both halves separately; the depth is channel 0 of the decoded depth image.
+
+        ``circular_padding`` latent px are wrapped onto both sides before decoding and cropped off afterwards (the
+        official panorama decode uses 8, so the two ends of a 360° canvas meet without a seam)."""
         check_joint_latent(latents, self.model.latent_channels, "latents")
         c, sf = self.model.latent_channels, self.vae.config.scaling_factor
-        image = decoded_to_unit(self.vae.decode(latents[:, :c] / sf).sample.float())  # [B,3,H,W]
-        depth = decoded_to_unit(self.vae.decode(latents[:, c:] / sf).sample.float())  # [B,3,H,W]
-        return JointNetOutput(image, jointnet_depth_from_unit(depth), depth, latents)
+
+        def dec(z: torch.Tensor) -> torch.Tensor:
+            pixels = self.vae.decode(circular_pad(z / sf, circular_padding)).sample.float()
+            return decoded_to_unit(crop_pad(pixels, circular_padding * 8))  # [B,3,H,W]
+
+        image, depth = dec(latents[:, :c]), dec(latents[:, c:])
+        return JointNetOutput(image=image, depth=jointnet_depth_from_unit(depth), depth_decoded=depth, latents=latents)
 
     @torch.no_grad()
     def generate(
@@ -292,12 +311,14 @@ class JointNetPipeline:
         callback: StepCallback | None = None,
     ) -> JointNetOutput:
         """Text → RGB + depth with the official defaults (DDIM 50, CFG 7.5, 512², N(0, I) on 8 channels)."""
-        if height % 8 or width % 8:
-            raise ValueError(f"height and width must be multiples of 8, got {height}×{width}.")
+        if height % 8 or width % 8 or height < 8 or width < 8:
+            raise ValueError(f"height and width must be positive multiples of 8, got {height}×{width}.")
         cond, uncond = self._prompts(prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, guidance_scale)
         shape = (cond.shape[0], 2 * self.model.latent_channels, height // 8, width // 8)
         if latents is None:
             latents = torch.randn(shape, generator=generator, dtype=torch.float32)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents have shape {tuple(latents.shape)}; expected {shape} for {width}×{height} px.")
         latents = latents.to(self.device, self.dtype)
         z = ddim_generate(
             self.model,
@@ -329,6 +350,9 @@ class JointNetPipeline:
         depth_near_white: bool = True,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
         callback: StepCallback | None = None,
     ) -> JointNetOutput:
         """Channel-wise inpainting: ``rgb2j`` (image → depth), ``j2rgb`` (depth → image), or ``custom`` free masks.
@@ -337,16 +361,37 @@ class JointNetPipeline:
         ``depth_near_white=False``); masks [B,1,H,W]/[B,H,W] in [0, 1], 1 = generate. A missing input counts as
         black, as the official presets use. On a generation model (no masked-latent conv) this runs the RePaint
         blend alone, as the official pipeline does (documented fallback; a warning is logged).
+
+        ``image_latents`` [B,8,h,w] (model space, RGB then depth) replace the VAE encoding of the inputs.
+        ``noise`` [B,8,h,w] replaces the one noise tensor (the start at strength 1, else ``add_noise(inputs, noise,
+        t_0)``, and the re-noising of the kept channels). ``latents`` is the official pipeline's ``latents``
+        argument: the same tensor as noise, but the run starts from it at any strength. Random draws from
+        ``generator`` in the official order: image posterior, depth posterior, then noise.
         """
         # 1. Inputs and masks at pixel size.
         if preset not in MODES:
             raise ValueError(f"preset must be one of {MODES}, got {preset!r}.")
+        if noise is not None and latents is not None:
+            raise ValueError("Give `noise` or `latents` (the official argument), not both.")
         ref = image if image is not None else depth
-        if ref is None:
+        if ref is None and image_latents is None:
             raise ValueError("Give `image` (for rgb2j / editing) and/or `depth` (for j2rgb / editing).")
-        if ref.ndim != 4:
+        if ref is not None and ref.ndim != 4:
             raise ValueError(f"image/depth must be [B,C,H,W] tensors in [0, 1], got shape {tuple(ref.shape)}.")
-        b, size = ref.shape[0], tuple(ref.shape[-2:])
+        for name, x in (("image", image), ("depth", depth)):
+            if x is not None:
+                check_finite(check_not_empty(x, name, "BCHW"), name, "BCHW")
+        if image_latents is not None:
+            check_joint_latent(image_latents, self.model.latent_channels, "image_latents")
+            check_finite(image_latents, "image_latents", "BChw")
+            b, size = image_latents.shape[0], (8 * image_latents.shape[-2], 8 * image_latents.shape[-1])
+            if ref is not None and tuple(ref.shape[-2:]) != size:
+                raise ValueError(
+                    f"image_latents are for {size[1]}×{size[0]} px but the inputs are {ref.shape[-1]}×"
+                    f"{ref.shape[-2]} px; give latents of the inputs' size / 8."
+                )
+        else:
+            b, size = ref.shape[0], tuple(ref.shape[-2:])
         if size[0] % 8 or size[1] % 8:
             raise ValueError(f"The inputs are {size[1]}×{size[0]} px; both sides must be multiples of 8.")
         if preset == "custom":
@@ -360,16 +405,30 @@ class JointNetPipeline:
         for name, x, m in (("image", image, mask_rgb), ("depth", depth, mask_depth)):
             if x is not None:
                 check_mask_size(x, size, name, "the other input")
-            elif (binarize(m) < 1).any():
+            elif image_latents is None and (binarize(m) < 1).any():
                 raise ValueError(f"`{name}` is missing but its mask keeps some of it; give `{name}` or mask it all.")
-        pix_rgb = torch.full((b, 3, *size), -1.0) if image is None else image.float().clamp(0, 1) * 2 - 1
-        pix_depth = (
-            torch.full((b, 3, *size), -1.0) if depth is None else depth_image_to_model_input(depth, depth_near_white)
-        )
         # 2. Latents of the full inputs (posterior samples, image first), then the one noise tensor.
-        z_rgb, z_depth = self.encode_image(pix_rgb, generator), self.encode_image(pix_depth, generator)
+        if image_latents is None:
+            pix_rgb = torch.full((b, 3, *size), -1.0) if image is None else image.float().clamp(0, 1) * 2 - 1
+            pix_depth = (
+                torch.full((b, 3, *size), -1.0)
+                if depth is None
+                else depth_image_to_model_input(depth, depth_near_white)
+            )
+            z_rgb, z_depth = self.encode_image(pix_rgb, generator), self.encode_image(pix_depth, generator)
+        else:
+            image_latents = image_latents.to(self.device, self.dtype)
+            z_rgb, z_depth = image_latents.chunk(2, dim=1)
         init = torch.cat([z_rgb, z_depth], dim=1)  # [B,8,h,w]
-        noise = torch.randn(init.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        given = noise if noise is not None else latents
+        if given is None:
+            given = torch.randn(init.shape, generator=generator, dtype=torch.float32)
+        elif tuple(given.shape) != tuple(init.shape):
+            name = "noise" if noise is not None else "latents"
+            raise ValueError(
+                f"{name} has shape {tuple(given.shape)}; expected {tuple(init.shape)} like the inputs' latents."
+            )
+        noise_t = given.to(self.device, self.dtype)
         # 3. Latent masks, channel mask and the inpainting model's masked-latent input.
         lat = tuple(init.shape[-2:])
         m_rgb, m_depth = latent_mask(mask_rgb, lat).to(init), latent_mask(mask_depth, lat).to(init)
@@ -389,7 +448,7 @@ class JointNetPipeline:
             self.make_scheduler(),
             init,
             cmask,
-            noise,
+            noise_t,
             cond,
             uncond,
             guidance_scale,
@@ -397,5 +456,6 @@ class JointNetPipeline:
             strength,
             masked,
             callback,
+            start_from_noise=latents is not None,
         )
         return self.decode(z)

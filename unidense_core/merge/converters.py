@@ -15,7 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..io.checkpoints import CheckpointError, check_state_dict, find_weights_file, load_json, load_state_dict
+from ..io.checkpoints import (
+    CheckpointError,
+    check_finite_weights,
+    check_state_dict,
+    find_weights_file,
+    load_json,
+    load_state_dict,
+    parse_json,
+)
 from .pos_embed import sincos_2d
 
 logger = logging.getLogger(__name__)
@@ -54,11 +62,12 @@ class ConverterConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> ConverterConfig:
         """Read the official config.json, refusing configs of other models with a message that says what it is."""
-        class_name = data.get("_class_name", "")
+        class_name = str(data.get("_class_name") or "")
         if data.get("merge_flux_transformer") or "Flux" in class_name:
             raise CheckpointError(
                 f"{source} describes MERGE-L converters for FLUX.1-dev; this loader takes MERGE-B (PixArt-α) "
-                "converters. " + CONVERTER_SOURCE_HINT
+                "converters. Load MERGE-L ones with `merge.flux_converters.load_flux_converters` (or "
+                "`merge.variants.load_merge_converters`, which takes either)."
             )
         if data.get("is_converter") is False or data.get("caption_channels"):
             raise CheckpointError(
@@ -71,7 +80,49 @@ class ConverterConfig:
             if data.get(key, supported) != supported:
                 raise CheckpointError(f"{source}: {key}={data[key]!r} is not supported; MERGE-B uses {supported!r}.")
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        cfg = cls(**{k: v for k, v in data.items() if k in names})
+        cfg.validate(source)
+        return cfg
+
+    def validate(self, source: str = "config") -> None:
+        """Types and ranges of every field (a config.json can hold anything), before anything is built from it."""
+
+        def bad(key: str, want: str) -> CheckpointError:
+            return CheckpointError(
+                f"{source}: {key} must be {want}, got {getattr(self, key)!r}. The config is damaged or belongs to "
+                "another model; use the original config.json. " + CONVERTER_SOURCE_HINT
+            )
+
+        for key in ("num_layers", "num_attention_heads", "attention_head_dim", "patch_size", "sample_size", "ff_mult"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(key, "a positive integer")
+        if self.in_channels != 8:  # cat([image latent, noisy depth latent]) of PixArt-α's 4-channel latents
+            raise bad("in_channels", "8 (image latent + depth latent, 4 channels each)")
+        if not isinstance(self.out_channels, int) or isinstance(self.out_channels, bool) or self.out_channels < 4:
+            raise bad("out_channels", "an integer ≥ 4 (ε of the 4 latent channels, plus the learned σ)")
+        for key, optional in (("norm_eps", False), ("interpolation_scale", True)):
+            value = getattr(self, key)
+            if optional and value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise bad(key, "a positive number" + (" or null" if optional else ""))
+
+    def check_file(self, state_dict: dict[str, torch.Tensor], source: str) -> None:
+        """Cheap checks of the config against the file's keys, before expected_shapes() lists num_layers blocks."""
+        blocks = {k.split(".")[1] for k in state_dict if k.startswith("transformer_blocks.") and k.count(".") >= 2}
+        if self.num_layers != len(blocks):
+            raise CheckpointError(
+                f"{source}: the config says num_layers={self.num_layers}, but the file holds {len(blocks)} converter "
+                "blocks. Use the config.json that came with these weights. " + CONVERTER_SOURCE_HINT
+            )
+        table = state_dict.get("scale_shift_table")
+        if table is not None and tuple(table.shape[-1:]) != (self.hidden_size,):
+            raise CheckpointError(
+                f"{source}: the config gives width {self.num_attention_heads} × {self.attention_head_dim} = "
+                f"{self.hidden_size}, but the file's scale_shift_table is {tuple(table.shape)}. Use the config.json "
+                "that came with these weights. " + CONVERTER_SOURCE_HINT
+            )
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor of the official state dict with its shape (187 tensors for MERGE-B)."""
@@ -224,26 +275,33 @@ def infer_config(state_dict: dict[str, torch.Tensor], source: str) -> ConverterC
         d = state_dict["scale_shift_table"].shape[1]
         w = state_dict["pos_embed.proj.weight"]
         ff = state_dict["transformer_blocks.0.ff.net.0.proj.weight"]
+        out = state_dict["proj_out.weight"].shape[0]
+        p, in_channels, inner = w.shape[-1], w.shape[1], ff.shape[0]
     except KeyError as exc:
         raise CheckpointError(
             f"{source} is not a MERGE converter file: key {exc} is missing. " + CONVERTER_SOURCE_HINT
         ) from exc
-    if d % 72 != 0:
+    except IndexError as exc:
+        raise CheckpointError(
+            f"{source} is not a MERGE converter file: a tensor has too few dimensions. " + CONVERTER_SOURCE_HINT
+        ) from exc
+    if d < 1 or d % 72 != 0 or p < 1:
         raise CheckpointError(
             f"{source}: hidden size {d} is not a PixArt width (multiple of 72), so the head count cannot be "
             "derived. Put the converter's config.json beside the file."
         )
-    n_blocks = len({k.split(".")[1] for k in state_dict if k.startswith("transformer_blocks.")})
-    p = w.shape[-1]
-    return ConverterConfig(
+    n_blocks = len({k.split(".")[1] for k in state_dict if k.startswith("transformer_blocks.") and k.count(".") >= 2})
+    cfg = ConverterConfig(
         num_layers=n_blocks,
         num_attention_heads=d // 72,
         attention_head_dim=72,
-        in_channels=w.shape[1],
-        out_channels=state_dict["proj_out.weight"].shape[0] // (p * p),
+        in_channels=in_channels,
+        out_channels=out // (p * p),
         patch_size=p,
-        ff_mult=ff.shape[0] // d,
+        ff_mult=inner // d,
     )
+    cfg.validate(source)
+    return cfg
 
 
 def detect_foreign_layout(state_dict: dict, source: str) -> None:
@@ -251,8 +309,8 @@ def detect_foreign_layout(state_dict: dict, source: str) -> None:
     keys = state_dict.keys()
     if any(k.startswith(("x_embedder.", "single_transformer_blocks")) for k in keys):
         raise CheckpointError(
-            f"{source} holds MERGE-L (FLUX.1-dev) converters; this pack's MERGE path takes MERGE-B (PixArt-α 512). "
-            + CONVERTER_SOURCE_HINT
+            f"{source} holds MERGE-L (FLUX.1-dev) converters; this loader takes MERGE-B (PixArt-α 512). Load them "
+            "with `merge.flux_converters.load_flux_converters` (or `merge.variants.load_merge_converters`)."
         )
     if any(k.startswith(("adaln_single.", "caption_projection.", "t_block.", "y_embedder.")) for k in keys):
         raise CheckpointError(
@@ -288,7 +346,7 @@ def _resolve(path: str) -> tuple[str, dict | None]:
                 f"'{path}' is not a readable safetensors file ({exc}); it may be truncated. Download it again."
             ) from exc
         if "config" in meta:
-            return path, json.loads(meta["config"])
+            return path, parse_json(meta["config"], f"The 'config' metadata of '{path}'")
     return path, None
 
 
@@ -301,7 +359,9 @@ def load_converters(
     sd = load_state_dict(weights)
     detect_foreign_layout(sd, f"'{weights}'")
     cfg = ConverterConfig.from_dict(cfg_dict, f"'{path}'") if cfg_dict is not None else infer_config(sd, f"'{weights}'")
+    cfg.check_file(sd, f"Converter file '{weights}'")  # before expected_shapes() lists cfg.num_layers blocks
     check_state_dict(sd, cfg.expected_shapes(), f"Converter file '{weights}'", CONVERTER_SOURCE_HINT)
+    check_finite_weights(sd, f"Converter file '{weights}'")
     with torch.device("meta"):
         model = MergeConverters(cfg)
     model.load_state_dict(sd, strict=True, assign=True)

@@ -49,6 +49,7 @@ class PixArtHost(Protocol):
 
     num_blocks: int
     hidden_size: int
+    patch_size: int
 
     def embed_timestep(
         self, timestep: torch.Tensor, batch: int, dtype: torch.dtype
@@ -73,6 +74,12 @@ def check_compatible(host: PixArtHost, converters: MergeConverters) -> GroupReus
         raise ValueError(
             f"The converters have width {converters.config.hidden_size} but the base model has width "
             f"{host.hidden_size}; they were made for another base model. MERGE-B needs PixArt-XL-2-512x512."
+        )
+    if host.patch_size != converters.config.patch_size:
+        raise ValueError(
+            f"The converters use {converters.config.patch_size}×{converters.config.patch_size} patches but the base "
+            f"model uses {host.patch_size}×{host.patch_size}; they were made for another base model. MERGE-B needs "
+            "PixArt-XL-2-512x512."
         )
     return GroupReusePlan(host.num_blocks, converters.num_groups)
 
@@ -141,6 +148,7 @@ class DiffusersPixArtHost:
         self.model = transformer
         self.num_blocks = len(transformer.transformer_blocks)
         self.hidden_size = transformer.config.num_attention_heads * transformer.config.attention_head_dim
+        self.patch_size = transformer.config.patch_size
 
     def embed_timestep(self, timestep, batch, dtype):
         if self.model.use_additional_conditions:

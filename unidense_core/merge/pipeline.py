@@ -8,14 +8,21 @@ Nothing is ever downloaded: every component comes from local folders.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..dense.outputs import AFFINE_DEPTH, DenseOutput
 from ..dense.readout import decoded_to_unit, merge_depth_from_unit
-from ..io.checkpoints import require_subfolder, scheduler_config
+from ..io.checkpoints import (
+    TRANSFORMERS_WEIGHTS,
+    require_model_folder,
+    require_tokenizer_folder,
+    scheduler_config,
+)
 from ..io.prompt_embeddings import load_prompt_embedding
 from ..io.resolution import classify_bin
 from .converters import MergeConverters, load_converters
@@ -37,10 +44,12 @@ PIXART_SCHEDULER = dict(
     use_karras_sigmas=False,
 )
 PIXART_FOLDER_HINT = (
-    "Expected a local diffusers folder of 'PixArt-alpha/PixArt-XL-2-512x512' with transformer/, vae/ and "
-    "scheduler/ (text_encoder/ and tokenizer/ only to encode prompts)."
+    "Expected a local diffusers folder of 'PixArt-alpha/PixArt-XL-2-512x512' (huggingface.co/PixArt-alpha/"
+    "PixArt-XL-2-512x512, downloaded as a whole) with transformer/, vae/ and scheduler/; text_encoder/ and "
+    "tokenizer/ (T5-XXL) only to encode prompts."
 )
 MAX_TOKENS = 120  # PixArt-α's T5 sequence length
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (step index, timestep, latents)
 
 
 @dataclass
@@ -72,29 +81,29 @@ class MergePipeline:
         from diffusers import AutoencoderKL, PixArtTransformer2DModel
 
         def sub(name: str) -> str:
-            return require_subfolder(pixart_dir, name, PIXART_FOLDER_HINT)
+            return require_model_folder(pixart_dir, name, PIXART_FOLDER_HINT)
 
+        # Every file is checked before anything heavy is loaded, so a missing one fails in a second.
+        transformer_dir, vae_dir = sub("transformer"), sub("vae")
+        if load_text_encoder:
+            te_dir = require_model_folder(pixart_dir, "text_encoder", PIXART_FOLDER_HINT, TRANSFORMERS_WEIGHTS)
+            tok_dir = require_tokenizer_folder(pixart_dir, "tokenizer", PIXART_FOLDER_HINT)
+        empty = None
+        if empty_prompt_path is not None:
+            ctx, mask, _ = load_prompt_embedding(empty_prompt_path)
+            empty = (ctx.to(device, dtype), mask)
+        conv = load_converters(converters_path, device=device, dtype=dtype)
         transformer = PixArtTransformer2DModel.from_pretrained(
-            sub("transformer"), torch_dtype=dtype, local_files_only=True
+            transformer_dir, torch_dtype=dtype, local_files_only=True
         )
-        vae = AutoencoderKL.from_pretrained(sub("vae"), torch_dtype=dtype, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True)
         sched = scheduler_config(pixart_dir, PIXART_SCHEDULER)
         text_encoder = tokenizer = None
         if load_text_encoder:
             from transformers import T5EncoderModel, T5Tokenizer
 
-            text_encoder = T5EncoderModel.from_pretrained(sub("text_encoder"), torch_dtype=dtype, local_files_only=True)
-            tokenizer = T5Tokenizer.from_pretrained(sub("tokenizer"), local_files_only=True)
-        empty = None
-        if empty_prompt_path is not None:
-            ctx, mask, _ = load_prompt_embedding(empty_prompt_path)
-            empty = (ctx.to(device, dtype), mask)
-        elif not load_text_encoder:
-            raise ValueError(
-                "Depth mode needs the empty prompt's T5 embedding: pass `empty_prompt_path` (a file saved with "
-                "save_prompt_embedding / the ComfyUI node) or `load_text_encoder=True`."
-            )
-        conv = load_converters(converters_path, device=device, dtype=dtype)
+            text_encoder = T5EncoderModel.from_pretrained(te_dir, torch_dtype=dtype, local_files_only=True)
+            tokenizer = T5Tokenizer.from_pretrained(tok_dir, local_files_only=True)
         return cls(
             transformer.to(device).eval(),
             conv,
@@ -121,7 +130,9 @@ class MergePipeline:
             return ctx, (torch.ones(ctx.shape[:2], dtype=torch.int64) if mask is None else mask).to(ctx.device)
         if self.text_encoder is None or self.tokenizer is None:
             raise ValueError(
-                "Encoding a prompt needs the T5 text encoder: build the pipeline with load_text_encoder=True."
+                f"Encoding the prompt {prompt!r} needs the T5 text encoder: build the pipeline with "
+                "load_text_encoder=True (for the empty prompt, a saved embedding also works: `empty_prompt_path`, "
+                "written by save_prompt_embedding or the ComfyUI node)."
             )
         tok = self.tokenizer(
             prompt,
@@ -143,35 +154,51 @@ class MergePipeline:
     @torch.no_grad()
     def estimate_depth(
         self,
-        image,
+        image=None,
         num_inference_steps: int = 20,
         generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
         resolution_binning: bool = True,
-        image_latent: str = "sample",
-        callback=None,
-    ) -> torch.Tensor:
-        """Depth [B,H,W] in [0, 1] (0 = near, affine-invariant) for a PIL image or a [B,3,H,W] tensor in [0, 1]."""
+        posterior: str = "sample",
+        callback: StepCallback | None = None,
+    ) -> DenseOutput:
+        """MERGE depth (official ``merge_process``): ``depth`` [B,H,W] in [0, 1], 0 = near, affine-invariant.
+
+        ``image``: a PIL image or a [B,3,H,W] tensor in [0, 1]. ``image_latents`` [B,4,h,w] (model space, × the VAE
+        factor) replace the VAE encoding of the image at the processing size; then ``image`` only gives the size to
+        resize back to (it may be None: the output keeps the latent's size × 8). ``latents`` [B,4,h,w] replace the
+        starting noise N(0, I). Random draws from ``generator`` in the official order: posterior sample, then noise.
+        """
         from diffusers.image_processor import VaeImageProcessor
 
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
-        if image_latent not in ("sample", "mode"):
-            raise ValueError(f"image_latent must be 'sample' (official) or 'mode', got {image_latent!r}.")
-        proc = VaeImageProcessor(vae_scale_factor=8)
+        if posterior not in ("sample", "mode"):
+            raise ValueError(f"posterior must be 'sample' (official) or 'mode', got {posterior!r}.")
+        if image is None and image_latents is None:
+            raise ValueError("Give `image` (PIL image or [B,3,H,W] tensor in [0, 1]) or `image_latents`.")
         # 1. Size: the nearest PixArt-α 512 bin, or the image's own size (multiple of 16).
-        if isinstance(image, torch.Tensor):
+        if image is None:
+            orig_h, orig_w = (8 * s for s in image_latents.shape[-2:])
+        elif isinstance(image, torch.Tensor):
             orig_h, orig_w = image.shape[-2:]
         else:
             orig_w, orig_h = image.size
-        h, w = classify_bin(orig_h, orig_w) if resolution_binning else (orig_h, orig_w)
+        h, w = classify_bin(orig_h, orig_w) if resolution_binning and image is not None else (orig_h, orig_w)
         if h % 16 or w % 16:
             raise ValueError(f"Image size {orig_w}×{orig_h} is not a multiple of 16; use resolution_binning=True.")
-        x = proc.preprocess(image, height=h, width=w).to(self.device, self.dtype)  # [B,3,h,w] in [-1,1]
         # 2. Image latent (the official pipeline samples the posterior) and the starting noise.
         sf = self.vae.config.scaling_factor
-        dist = self.vae.encode(x).latent_dist
-        z_img = (dist.sample(generator) if image_latent == "sample" else dist.mode()) * sf  # [B,4,h/8,w/8]
-        z = torch.randn(z_img.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
+        if image_latents is None:
+            x = VaeImageProcessor(vae_scale_factor=8).preprocess(image, height=h, width=w)  # [B,3,h,w] in [-1,1]
+            dist = self.vae.encode(x.to(self.device, self.dtype)).latent_dist
+            z_img = (dist.sample(generator) if posterior == "sample" else dist.mode()) * sf  # [B,4,h/8,w/8]
+        else:
+            z_img = _check_latents(image_latents, (h // 8, w // 8), "image_latents").to(self.device, self.dtype)
+        if latents is None:
+            latents = torch.randn(z_img.shape, generator=generator, dtype=torch.float32)
+        z = _check_latents(latents, tuple(z_img.shape[-2:]), "latents", z_img.shape[0]).to(self.device, self.dtype)
         ctx, mask = self.encode_prompt("")
         ctx, mask = ctx.expand(z.shape[0], -1, -1), mask.expand(z.shape[0], -1)
         # 3. DPM-Solver++ on ε from the converters' head (first 4 of 8 channels).
@@ -184,9 +211,10 @@ class MergePipeline:
                 callback(i, t, z)
         # 4. Decode, resize back, clamp, mean of the 3 channels.
         decoded = self.vae.decode(z / sf).sample.float()  # [B,3,h,w] in ~[-1,1]
-        if resolution_binning and (h, w) != (orig_h, orig_w):
+        if (h, w) != (orig_h, orig_w):
             decoded = F.interpolate(decoded, size=(orig_h, orig_w), mode="bilinear", align_corners=False)
-        return merge_depth_from_unit(decoded_to_unit(decoded))  # [B,H,W]
+        depth = merge_depth_from_unit(decoded_to_unit(decoded))  # [B,H,W]
+        return DenseOutput(depth=depth, depth_kind=AFFINE_DEPTH, latents=z)
 
     @torch.no_grad()
     def generate(
@@ -199,9 +227,13 @@ class MergePipeline:
         num_inference_steps: int = 20,
         guidance_scale: float = 4.5,
         generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
         resolution_binning: bool = True,
-    ) -> torch.Tensor:
-        """Text-to-image with the untouched PixArt (diffusers' PixArtAlphaPipeline); images [B,3,H,W] in [0, 1]."""
+        callback: StepCallback | None = None,
+    ) -> DenseOutput:
+        """Text-to-image with the untouched PixArt (diffusers' PixArtAlphaPipeline): ``image`` [B,3,H,W] in [0, 1].
+
+        ``latents`` [B,4,h,w] replace the starting noise (at the binned size when ``resolution_binning``)."""
         from diffusers import PixArtAlphaPipeline
 
         if prompt_embeds is None:
@@ -231,7 +263,20 @@ class MergePipeline:
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             generator=generator,
+            latents=None if latents is None else latents.to(self.device, self.dtype),
             output_type="pt",
             use_resolution_binning=resolution_binning,
+            callback=callback,
         )
-        return out.images
+        return DenseOutput(image=out.images.float())
+
+
+def _check_latents(
+    latents: torch.Tensor, size: tuple[int, int], name: str, batch: int | None = None, channels: int = 4
+) -> torch.Tensor:
+    """A [B,C,h,w] latent of the expected size; otherwise an error naming ``name`` and the size to use."""
+    want = f"[{'B' if batch is None else batch},{channels},{size[0]},{size[1]}]"
+    ok = latents.ndim == 4 and latents.shape[1] == channels and tuple(latents.shape[-2:]) == tuple(size)
+    if not ok or (batch is not None and latents.shape[0] != batch):
+        raise ValueError(f"{name} has shape {tuple(latents.shape)}, expected {want} (the image's processing size / 8).")
+    return latents

@@ -105,6 +105,9 @@ def _nearest_multiples(value: int, base: int, step: int) -> tuple[int, int]:
 def check_config(config: PanoramaConfig) -> None:
     """The checks that need no canvas (run when a node builds the config)."""
     window, stride = config.window, config.stride
+    for name in ("full_canvas_fraction", "full_canvas_weight"):
+        if not math.isfinite(getattr(config, name)):
+            raise ValueError(f"{name} must be a finite number, got {getattr(config, name)!r}.")
     if config.ramp_axes not in RAMP_AXES:
         raise ValueError(f"ramp_axes must be one of {RAMP_AXES}, got {config.ramp_axes!r}.")
     if stride < 1 or (window is not None and window < 1) or config.boundary < 0 or config.view_batch_size < 1:
@@ -129,51 +132,67 @@ def check_config(config: PanoramaConfig) -> None:
         )
 
 
-def check_canvas(height: int, width: int, config: PanoramaConfig, vae_factor: int = 8) -> int:
-    """Validate a latent canvas against the tiling; returns the window. Errors say what to choose instead."""
+def check_canvas(
+    height: int, width: int, config: PanoramaConfig, vae_factor: int = 8, preset: str | None = None
+) -> int:
+    """Validate a latent canvas against the tiling; returns the window. Errors say what to choose instead: with a
+    ``preset`` (whose window and stride the user cannot set) the canvas size, or the custom settings."""
     check_config(config)
+    if height < 1 or width < 1:
+        raise ValueError(f"The latent canvas is {width}×{height}; it needs at least one latent pixel on each side.")
     window = config.window or height
     stride = config.stride
+    custom = f" or choose preset = custom to set the window and stride (preset '{preset}' fixes them)" if preset else ""
 
     def px(v: int) -> str:
         return f"{v} latent px = {v * vae_factor} px"
 
     if window > height:
+        fix = f"a window of at most {height} (0 = the latent height, as the official pipeline)" if not preset else ""
         raise ValueError(
-            f"The window ({px(window)}) is larger than the canvas height ({px(height)}). Use a window of at most "
-            f"{height} (0 = the latent height, as the official pipeline) or a taller latent."
+            f"The window ({px(window)}) is larger than the canvas height ({px(height)}). Use a latent at least "
+            f"{window * vae_factor} px tall" + (f", or {fix}" if fix else custom) + "."
         )
     if window > width:
         wrap = " and circular wrap would make a tile see the same columns twice" if config.circular else ""
         raise ValueError(
             f"The window ({px(window)}) is larger than the canvas width ({px(width)}){wrap}. Use a canvas at least "
-            f"{window} wide ({window * vae_factor} px) or a smaller window."
+            f"{window} wide ({window * vae_factor} px)" + (" or a smaller window" if not preset else custom) + "."
         )
     if stride > window:
+        what = "the window" if config.window else "the window (= the latent height)"
+        fix = (
+            f"Use a stride of at most {window} (official: half the window)"
+            if not preset
+            else (f"Use a latent at least {stride * vae_factor} px tall" + custom)
+        )
         raise ValueError(
-            f"stride ({stride}) is larger than the window ({window}): columns between tiles would never be denoised. "
-            f"Use a stride of at most {window} (official: half the window)."
+            f"stride ({stride}) is larger than {what} ({window}): columns between tiles would never be denoised. "
+            + fix
+            + "."
         )
     if config.circular and width % stride:
         lo, hi = _nearest_multiples(width, 0, stride)
         lo = max(lo, stride * math.ceil(window / stride))
         hi = max(hi, lo + stride)
+        other = f", or a stride that divides {width}" if not preset else custom
         raise ValueError(
             f"With circular wrap the canvas width ({px(width)}) must be a multiple of the stride ({stride}), or "
             f"the tiles do not go round the 360° evenly. Choose a width of {lo * vae_factor} or {hi * vae_factor} "
-            f"px, or a stride that divides {width}."
+            f"px{other}."
         )
     if not config.circular and (width - window) % stride:
         lo, hi = _nearest_multiples(width, window, stride)
         raise ValueError(
             f"Without wrap the canvas width ({px(width)}) must be window + k·stride ({window} + k·{stride}), or "
-            f"the right edge is never covered by a tile. Choose a width of {lo * vae_factor} or {hi * vae_factor} px."
+            f"the right edge is never covered by a tile. Choose a width of {lo * vae_factor} or {hi * vae_factor} "
+            f"px{custom}."
         )
     if (height - window) % stride:
         lo, hi = _nearest_multiples(height, window, stride)
         raise ValueError(
             f"The canvas height ({px(height)}) must be window + k·stride ({window} + k·{stride}). Choose a height "
-            f"of {lo * vae_factor} or {hi * vae_factor} px."
+            f"of {lo * vae_factor} or {hi * vae_factor} px{custom}."
         )
     return window
 

@@ -148,7 +148,7 @@ def add_cli(subparsers) -> None:
         p = methods.add_parser(name, help=title, description=f"Train {title}. Defaults: the official recipe.")
         add(p)
         _add_common(p, cls.official)
-        p.set_defaults(func=run)
+        p.set_defaults(run=run)
 
 
 def parse_dataset(args: list[str], a: argparse.Namespace, option: str = "--data"):

@@ -1,0 +1,1 @@
+"""Samplers shared by the methods: the official diffusers DDIM in k-diffusion σ-space (``ddim``)."""
