@@ -131,9 +131,19 @@ def empty_image_folder():
 
 
 def cli(*args):
+    """The command as a user runs it: an expected error ends it with exit code 2 and one line on stderr, which is
+    raised here so that the table checks the message."""
+    import contextlib
+    import io
+
     from unidense_core.cli import main
 
-    return main(list(args))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    if rc == 2 and err.getvalue().startswith("error: "):
+        raise ValueError(err.getvalue())
+    return rc
 
 
 CASES = [

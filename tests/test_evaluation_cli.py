@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 
 
 def run(*args):
-    return main([str(a) for a in args])
+    assert main([str(a) for a in args]) == 0
 
 
 def read_csv(path):
@@ -42,7 +42,7 @@ def test_affine_predictions_score_perfectly_and_the_report_says_x100(data, tmp_p
         pred = np.where(s.valid, 0.3 * s.depth - 0.2, 123.0)  # any scale and shift; garbage where invalid
         np.save(preds / (os.path.splitext(p.rgb)[0] + ".npy"), pred.astype(np.float64))
     out = tmp_path / "out"
-    assert run("evaluate", "--dataset", "folder", "--root", data / "pairs", "--predictions", preds, "--out", out) == 0
+    run("evaluate", "--dataset", "folder", "--root", data / "pairs", "--predictions", preds, "--out", out)
     rows = read_csv(out / "per_image.csv")
     assert [r["name"] for r in rows] == [p.rgb for p in pairs.pairs]
     for r in rows:

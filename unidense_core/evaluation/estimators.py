@@ -86,7 +86,9 @@ class MergeEstimator:
                     self.steps,
                     generator=torch.Generator().manual_seed(seed + 1_000_003 * m),
                     resolution_binning=self.resolution_binning,
-                )[0].cpu()
+                )
+                .depth[0]
+                .cpu()
                 for m in range(self.ensemble_size)
             ]
             out.append(ensemble(members))

@@ -174,7 +174,7 @@ class MergeRecipe(Recipe):
             empty_prompt=(self.context, self.context_mask),
         )
         g = torch.Generator().manual_seed(seed)
-        return pipe.estimate_depth(images, steps, generator=g, resolution_binning=False)
+        return pipe.estimate_depth(images, steps, generator=g, resolution_binning=False).depth
 
     def save(self, folder: str) -> str:
         conv = copy.deepcopy(self.converters).to("cpu", torch.float32)
