@@ -5,16 +5,21 @@ uninterrupted loss curve exactly, and batch inference shards a folder, writes ea
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from training_env import converters_folder, empty_prompt, launch, pixart_folder, sd_folder
+from training_env import ROOT, converters_folder, empty_prompt, launch, pixart_folder, sd_folder
 
 from unidense_core.cli import main
 from unidense_core.evaluation.batch import list_images, output_path, remove_partial_files, run_batch
 from unidense_core.io.checkpoints import load_state_dict
+from unidense_core.io.depth_files import is_partial
 from unidense_core.training.synthetic import write_scene_folder
 from unidense_core.training.trackers import read_jsonl
 
@@ -218,3 +223,46 @@ def test_interrupted_inference_resumes_without_redoing_finished_files(env, infer
         a = np.asarray(Image.open(output_path(out, rel, "png16")))
         b = np.asarray(Image.open(output_path(str(tmp_path / "fresh"), rel, "png16")))
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_killed_inference_command_resumes_without_redoing_finished_files(env, infer_env, tmp_path, capsys):
+    """The real thing: ``python -m unidense_core infer`` is SIGKILLed once its first output exists; the same
+    command run again removes what the kill left half-written, keeps every finished file and writes only the rest."""
+    out = str(tmp_path / "out")
+    args = ["infer", *infer_env["args"], "--steps", "20", "--input", infer_env["images"], "--output", out]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "unidense_core", *args],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": ROOT},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 600
+    try:
+        while not finished_outputs(out):
+            assert proc.poll() is None, f"infer ended (code {proc.returncode}) before writing anything"
+            assert time.monotonic() < deadline, "infer wrote nothing in 600 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    done = finished_outputs(out)
+    assert 1 <= len(done) < 6  # killed mid-run
+    stamps = {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in done}
+    capsys.readouterr()
+    assert main(args) == 0
+    report = capsys.readouterr().out
+    assert f"wrote {6 - len(done)}, skipped {len(done)} finished, of 6 assigned" in report
+    assert {p: (os.stat(p).st_ino, os.stat(p).st_mtime_ns) for p in done} == stamps  # not rewritten
+    assert len(finished_outputs(out)) == 6 and not any(
+        is_partial(f) for _d, _s, files in os.walk(out) for f in files
+    )  # nothing half-written is left
+
+
+def finished_outputs(out):
+    """Complete outputs in ``out`` (a write is a rename of a finished temporary file, so a visible .npy is whole)."""
+    found = []
+    for dirpath, _dirs, files in os.walk(out):
+        found += [os.path.join(dirpath, f) for f in files if f.endswith(".npy") and not is_partial(f)]
+    return sorted(found)
