@@ -16,6 +16,8 @@ from unidense_core.evaluation.benchmark import marigold_prediction_name
 from unidense_core.io.depth_files import write_depth_png16
 from unidense_core.training.synthetic import write_scene_folder
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):

@@ -23,7 +23,7 @@ from unidense_core.io.depth_files import is_partial
 from unidense_core.training.synthetic import write_scene_folder
 from unidense_core.training.trackers import read_jsonl
 
-pytestmark = pytest.mark.usefixtures("fresh_accelerate")
+pytestmark = pytest.mark.usefixtures("fresh_accelerate", "one_thread")
 
 
 @pytest.fixture
@@ -187,7 +187,6 @@ def test_two_process_inference_writes_each_output_once_and_equals_one_process(en
                       "process 1: wrote 3, skipped 0 finished, of 3 assigned"]  # fmt: skip
     names = list_images(infer_env["images"])
     assert len(names) == 6 and any(n.startswith("sub" + os.sep) for n in names)
-    torch.set_num_threads(1)  # as each launched process
     stats = run_batch(estimator_for(env, infer_env), infer_env["images"], str(tmp_path / "one"), "npy", seed=5)
     assert sorted(stats.written) == names
     for rel in names:
@@ -229,7 +228,7 @@ def test_a_killed_inference_command_resumes_without_redoing_finished_files(env, 
     """The real thing: ``python -m unidense_core infer`` is SIGKILLed once its first output exists; the same
     command run again removes what the kill left half-written, keeps every finished file and writes only the rest."""
     out = str(tmp_path / "out")
-    args = ["infer", *infer_env["args"], "--steps", "20", "--input", infer_env["images"], "--output", out]
+    args = ["infer", *infer_env["args"], "--steps", "4", "--input", infer_env["images"], "--output", out]
     proc = subprocess.Popen(
         [sys.executable, "-m", "unidense_core", *args],
         cwd=ROOT,
