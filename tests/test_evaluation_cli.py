@@ -111,3 +111,25 @@ def test_nyu_units_and_crop_from_the_command(tmp_path):
         "--out", out, "--alignment", "none")  # fmt: skip
     row = read_csv(out / "per_image.csv")[0]
     assert float(row["abs_relative_difference"]) == pytest.approx(100 * 1 / 3)  # 2 m vs 3 m inside the crop
+
+
+def test_an_estimator_scores_as_the_predictions_it_writes(data, tmp_path):
+    """``evaluate --method`` runs the estimator itself; its per-image metrics equal those of the predictions the same
+    estimator writes with ``infer`` (each image seeded from its path in both), with scale and shift fitted alike."""
+    model = ["--method", "merge", "--pixart", pixart_folder(tmp_path / "pixart"), "--converters",
+             converters_folder(tmp_path / "conv"), "--empty-prompt", empty_prompt(tmp_path / "empty.safetensors"),
+             "--steps", 2, "--no-binning", "--cpu", "--seed", 3]  # fmt: skip
+    images = tmp_path / "images"
+    os.makedirs(images / "rgb")
+    for name in sorted(os.listdir(data / "pairs" / "rgb")):
+        os.link(data / "pairs" / "rgb" / name, images / "rgb" / name)
+    run("evaluate", "--dataset", "folder", "--root", data / "pairs", "--out", tmp_path / "direct", *model)
+    run("infer", "--input", images, "--output", tmp_path / "preds", *model)
+    run("evaluate", "--dataset", "folder", "--root", data / "pairs", "--out", tmp_path / "files", "--predictions",
+        tmp_path / "preds")  # fmt: skip
+    direct, files = read_csv(tmp_path / "direct" / "per_image.csv"), read_csv(tmp_path / "files" / "per_image.csv")
+    assert [r["name"] for r in direct] == [r["name"] for r in files] and len(direct) == 3
+    for a, b in zip(direct, files, strict=True):
+        for k in ("abs_relative_difference", "rmse_linear", "delta1_acc", "scale", "shift"):
+            assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, abs=1e-9), (a["name"], k)
+    assert len({r["abs_relative_difference"] for r in direct}) == 3  # three different images, three results

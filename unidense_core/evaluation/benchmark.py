@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..dense.datasets import RGBDSet
+from .batch import image_seed
 from .estimators import Estimator, resize_to
 from .metrics import evaluate_prediction
 
@@ -112,7 +113,7 @@ def evaluate_dataset(
             image = torch.from_numpy(sample.rgb.copy()).permute(2, 0, 1).float()[None] / 255.0  # [1,3,H,W]
             if processing_res:
                 image = resize_to(image, _longer_side(gt_size, processing_res), "bilinear").clamp(0, 1)
-            pred = estimator.predict(image, [seed + i])
+            pred = estimator.predict(image, [image_seed(seed, rgbd.pairs[i].rgb)])  # as `infer` seeds it
             pred = resize_to(pred.float(), gt_size, "bilinear")[0].numpy()
         else:
             path = find_prediction(predictions, sample.name, rgbd.kind)
