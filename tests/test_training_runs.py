@@ -23,7 +23,7 @@ from unidense_core.training.synthetic import write_scene_folder
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # method -> (steps, learning rate, batch, sampling steps of the validation predictions, image side)
-RUNS = {"merge": (150, 3e-3, 16, 10, 32), "dmp": (150, 1e-2, 8, 5, 64), "jointnet": (150, 3e-3, 16, 10, 32)}
+RUNS = {"merge": (150, 3e-3, 16, 10, 32), "dmp": (100, 1e-2, 8, 5, 64), "jointnet": (125, 3e-3, 16, 10, 32)}
 
 
 @pytest.fixture(scope="module")
