@@ -21,14 +21,19 @@ EPILOG = """commands:
   jointnet-generate  text -> RGB + depth
   jointnet-inpaint   image -> depth, depth -> image, RGB-D editing
   panorama           text -> 360° RGB-D panorama (JointNet, tiled)
+  train              train MERGE converters, a DMP LoRA or JointNet's depth branch (accelerate; official recipes)
+  evaluate           depth metrics (Marigold protocol) on NYUv2, KITTI, ETH3D, ScanNet, DIODE or a pair folder
+  infer              depth for a folder of images, sharded over accelerate processes, resumable
 Models are read from local folders only; `<command> --help` lists the folders and the official defaults."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every method's subcommands."""
     from .dmp.cli import add_cli as add_dmp
+    from .evaluation.cli import add_cli as add_evaluation
     from .jointnet.cli import add_cli as add_jointnet
     from .merge.cli import add_cli as add_merge
+    from .training.cli import add_cli as add_training
 
     ap = argparse.ArgumentParser(
         prog="python -m unidense_core",
@@ -40,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("selfcheck", help="end-to-end check on tiny random models")
     sc.add_argument("only", nargs="*", help="run only checks whose name contains these words")
     sc.set_defaults(run=_selfcheck)
-    for add in (add_merge, add_dmp, add_jointnet):
+    for add in (add_merge, add_dmp, add_jointnet, add_training, add_evaluation):
         add(sub)
     return ap
 

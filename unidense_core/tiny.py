@@ -5,6 +5,7 @@ Weights are random: these models verify wiring, shapes and formulas, never outpu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -229,6 +230,54 @@ def random_jointnet(
     rgb = randomize_(build_branch(unet_config, ex), seed, scale)
     depth = randomize_(build_branch(unet_config, ex), seed + 1, scale)
     return JointNetRGBD(rgb, depth).eval()
+
+
+class BlockAutoencoder(nn.Module):
+    """A linear autoencoder with diffusers' ``AutoencoderKL`` interface, for training tests: the latent of each 8×8
+    block holds the block's mean R, G and B and its horizontal luminance slope (an orthonormal projection), and the
+    decoder is the transpose. It reconstructs block averages exactly, so a depth map decoded from a predicted latent
+    can be scored against the truth; a random AutoencoderKL would decode noise and hide what training learned.
+    """
+
+    def __init__(self, factor: int = 8, scaling_factor: float = 0.18215, posterior_std: float = 0.01):
+        super().__init__()
+        from types import SimpleNamespace
+
+        f = factor
+        ramp = torch.linspace(-1, 1, f).expand(f, f)  # [f,f] varies along x
+        basis = torch.zeros(4, 3, f, f)
+        for c in range(3):
+            basis[c, c] = 1.0  # block mean of channel c
+        basis[3] = ramp / 3.0  # horizontal slope of the luminance
+        basis = basis.flatten(1)
+        basis = basis / basis.norm(dim=1, keepdim=True)  # orthonormal rows: [4, 3·f·f]
+        self.register_buffer("basis", basis, persistent=False)
+        self.factor, self.posterior_std = f, posterior_std
+        self.config = SimpleNamespace(scaling_factor=scaling_factor, latent_channels=4)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.basis.dtype
+
+    def encode(self, x: torch.Tensor):
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+        from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+
+        b, _, h, w = x.shape
+        f = self.factor
+        patches = x.reshape(b, 3, h // f, f, w // f, f).permute(0, 2, 4, 1, 3, 5).reshape(b, h // f, w // f, -1)
+        mean = (patches @ self.basis.to(x.dtype).T).permute(0, 3, 1, 2)  # [B,4,h,w]
+        logvar = torch.full_like(mean, 2 * math.log(self.posterior_std))
+        return AutoencoderKLOutput(latent_dist=DiagonalGaussianDistribution(torch.cat([mean, logvar], dim=1)))
+
+    def decode(self, z: torch.Tensor):
+        from diffusers.models.autoencoders.vae import DecoderOutput
+
+        b, _, h, w = z.shape
+        f = self.factor
+        patches = z.permute(0, 2, 3, 1) @ self.basis.to(z.dtype)  # [B,h,w,3·f·f]
+        x = patches.reshape(b, h, w, 3, f, f).permute(0, 3, 1, 4, 2, 5).reshape(b, 3, h * f, w * f)
+        return DecoderOutput(sample=x)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -58,9 +58,12 @@ def read_exr(path: str) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, st
     openexr = require_openexr()
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EXR file '{path}' does not exist.")
-    with openexr.File(path) as f:  # copies: the binding empties its objects when the file closes
-        channels = {name: np.array(ch.pixels, copy=True) for name, ch in f.channels().items()}
-        header = dict(f.header())
+    try:
+        with openexr.File(path) as f:  # copies: the binding empties its objects when the file closes
+            channels = {name: np.array(ch.pixels, copy=True) for name, ch in f.channels().items()}
+            header = dict(f.header())
+    except RuntimeError as exc:  # what the binding raises for a truncated or foreign file
+        raise ValueError(f"'{path}' is not a readable EXR file ({exc}); export it again as a float EXR.") from exc
     if "RGB" in channels:
         values = channels.pop("RGB")
     elif "Y" in channels:

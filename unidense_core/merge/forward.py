@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .converters import MergeConverters
@@ -91,8 +92,12 @@ def merge_depth_forward(
     timestep: torch.Tensor,
     context: torch.Tensor,
     context_mask: torch.Tensor | None = None,
+    gradient_checkpointing: bool = False,
 ) -> torch.Tensor:
-    """MERGE depth-mode prediction [B,8,H,W] (ε = first 4 channels) for VP-space latents at DDPM ``timestep``."""
+    """MERGE depth-mode prediction [B,8,H,W] (ε = first 4 channels) for VP-space latents at DDPM ``timestep``.
+
+    ``gradient_checkpointing`` (training) recomputes each converter + base block pair in the backward pass.
+    """
     if image_latent.shape != noisy_latent.shape:
         raise ValueError(
             f"image latent {tuple(image_latent.shape)} and noisy depth latent {tuple(noisy_latent.shape)} must match."
@@ -111,10 +116,17 @@ def merge_depth_forward(
     # 2. The frozen model's timestep MLP and caption projection.
     t6, t_emb = host.embed_timestep(timestep, b, noisy_latent.dtype)  # [B,6D], [B,D] in the host's dtype
     caption, mask = host.embed_caption(context, context_mask, b)
+
     # 3. Group reuse: converter b//share before every frozen block b.
-    for i in range(plan.num_blocks):
+    def pair(i: int, h: torch.Tensor) -> torch.Tensor:
         h = converters.transformer_blocks[plan.group_of(i)](h.to(wdtype), t6.to(wdtype))
-        h = host.run_block(i, h.to(t6.dtype), caption, mask, t6, grid)
+        return host.run_block(i, h.to(t6.dtype), caption, mask, t6, grid)
+
+    for i in range(plan.num_blocks):
+        if gradient_checkpointing and torch.is_grad_enabled():
+            h = torch.utils.checkpoint.checkpoint(pair, i, h, use_reentrant=False)
+        else:
+            h = pair(i, h)
     # 4. The converter's own head.
     return converters.head(h.to(wdtype), t_emb.to(wdtype), grid)  # [B,8,H,W]
 

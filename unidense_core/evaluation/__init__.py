@@ -1,0 +1,1 @@
+"""Evaluation: the Marigold depth protocol as MERGE implements it, benchmark layouts, estimators, batch inference."""

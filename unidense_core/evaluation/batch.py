@@ -1,0 +1,122 @@
+"""Batch inference over a folder of images, sharded across ``accelerate`` processes and machines.
+
+Image i of the sorted list belongs to process i mod N, so each output is written by exactly one process. Outputs
+mirror the input tree (``<output>/<relative path>.npy`` or ``.png``), are written atomically (temporary file, then
+rename), and an existing output is skipped, so a killed run is resumed by running the same command again. Every
+image has its own seed (from its relative path), so results do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..io.depth_files import IMAGE_SUFFIXES, is_partial, write_depth_npy, write_depth_png16
+from .estimators import Estimator, load_image
+
+FORMATS = ("npy", "png16")
+
+
+def list_images(root: str) -> list[str]:
+    """Image files under ``root`` (relative paths, sorted; hidden and partial files skipped)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"Input folder not found: '{root}'.")
+    found = []
+    for dirpath, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in sorted(files):
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES:
+                found.append(os.path.relpath(os.path.join(dirpath, f), root))
+    if not found:
+        raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) under '{root}'.")
+    return found
+
+
+def output_path(out_dir: str, rel: str, fmt: str) -> str:
+    return os.path.join(out_dir, os.path.splitext(rel)[0] + (".npy" if fmt == "npy" else ".png"))
+
+
+def image_seed(seed: int, rel: str) -> int:
+    """A per-image seed from the run seed and the image's relative path (stable across runs and platforms)."""
+    return (seed * 1_000_003 + zlib.crc32(rel.replace(os.sep, "/").encode())) % (2**31)
+
+
+def remove_partial_files(out_dir: str) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    removed = 0
+    for dirpath, _dirs, files in os.walk(out_dir):
+        for f in files:
+            if is_partial(f):
+                os.remove(os.path.join(dirpath, f))
+                removed += 1
+    return removed
+
+
+@dataclass
+class BatchStats:
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    assigned: int = 0
+
+
+def write_prediction(path: str, depth: np.ndarray, fmt: str, unit_scale: float) -> str:
+    if fmt == "npy":
+        return write_depth_npy(path, depth)
+    unit = depth / unit_scale
+    if unit_scale != 1.0:
+        unit = np.clip(unit, 0.0, 1.0)  # metric outputs beyond the unit are clipped in PNG; use npy for raw values
+    return write_depth_png16(path, unit, unit_scale)
+
+
+def run_batch(
+    estimator: Estimator,
+    input_dir: str,
+    output_dir: str,
+    fmt: str = "npy",
+    seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 1,
+    progress: Callable[[int], None] | None = None,
+    on_written: Callable[[str], None] | None = None,
+) -> BatchStats:
+    """Predict this process's share of ``input_dir`` into ``output_dir``; finished outputs are skipped."""
+    import torch
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    rank, procs = shard
+    mine = list_images(input_dir)[rank::procs]
+    stats = BatchStats(assigned=len(mine))
+    todo = []
+    for rel in mine:
+        if os.path.isfile(output_path(output_dir, rel, fmt)):
+            stats.skipped.append(rel)
+            if progress is not None:
+                progress(1)
+        else:
+            todo.append(rel)
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        images = [load_image(os.path.join(input_dir, rel)) for rel in chunk]
+        if len({tuple(x.shape) for x in images}) > 1:  # different sizes: one at a time
+            preds = [
+                estimator.predict(x[None], [image_seed(seed, rel)])[0] for x, rel in zip(images, chunk, strict=True)
+            ]
+        else:
+            preds = list(estimator.predict(torch.stack(images), [image_seed(seed, rel) for rel in chunk]))
+        for rel, pred in zip(chunk, preds, strict=True):
+            path = write_prediction(
+                output_path(output_dir, rel, fmt), pred.float().cpu().numpy(), fmt, estimator.unit_scale
+            )
+            stats.written.append(rel)
+            if on_written is not None:
+                on_written(path)
+            if progress is not None:
+                progress(1)
+    return stats

@@ -1,0 +1,1 @@
+"""Training on accelerate: the official recipes of MERGE, DMP and JointNet, data, loop, logs."""
