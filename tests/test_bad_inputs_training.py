@@ -66,6 +66,12 @@ def exr_depth():
     read_depth(path)
 
 
+def png16_beyond_its_range():
+    from unidense_core.evaluation.batch import write_prediction
+
+    write_prediction(os.path.join(ROOT, "far.png"), np.array([[1.0, 9.5]], np.float32), "png16", 8.0)
+
+
 def rgb_exr_depth():
     from unidense_core.io.exr import write_exr
 
@@ -171,6 +177,12 @@ CASES = [
     Case("training data", "size not a multiple", size_not_multiple, r"40×24 px.*multiples of 16.*--resize"),
     Case("depth file", "8-bit PNG", eight_bit_depth, r"8-bit PNG.*16-bit"),
     Case("depth file", "EXR that is not one", exr_depth, r"d\.exr' is not a readable EXR file"),
+    Case(
+        "infer output",
+        "metric depth beyond PNG's range",
+        png16_beyond_its_range,
+        r"1\.\.9\.5, outside .* 0\.\.8; a PNG would clip it\. Use --format npy or exr",
+    ),
     Case("depth file", "RGB EXR", rgb_exr_depth, r"holds 3 channels .*one \(Y\) channel"),
     Case("split file", "listed files missing", split_with_missing_files, r"2 file\(s\) listed.*'test/a/rgb_0001.png'"),
     Case("batch plan", "batch larger than the data", lambda: BatchPlan([3], 4, 0), r"3 pairs, fewer than the global"),

@@ -13,7 +13,7 @@ from training_env import converters_folder, empty_prompt, pixart_folder
 from unidense_core.cli import main
 from unidense_core.dense.datasets import RGBDSet
 from unidense_core.evaluation.benchmark import marigold_prediction_name
-from unidense_core.io.depth_files import write_depth_png16
+from unidense_core.io.depth_files import read_exr_depth, write_depth_png16
 from unidense_core.training.synthetic import write_scene_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contended ones
@@ -133,3 +133,12 @@ def test_an_estimator_scores_as_the_predictions_it_writes(data, tmp_path):
         for k in ("abs_relative_difference", "rmse_linear", "delta1_acc", "scale", "shift"):
             assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, abs=1e-9), (a["name"], k)
     assert len({r["abs_relative_difference"] for r in direct}) == 3  # three different images, three results
+    # the same predictions as 32-bit EXR: the values are kept, so the metrics are the .npy ones exactly
+    run("infer", "--input", images, "--output", tmp_path / "exr", "--format", "exr", *model)
+    for name in sorted(os.listdir(tmp_path / "preds" / "rgb")):
+        exr = read_exr_depth(str(tmp_path / "exr" / "rgb" / name.replace(".npy", ".exr")))
+        np.testing.assert_array_equal(exr, np.load(tmp_path / "preds" / "rgb" / name))
+    run("evaluate", "--dataset", "folder", "--root", data / "pairs", "--out", tmp_path / "from_exr", "--predictions",
+        tmp_path / "exr")  # fmt: skip
+    for a, b in zip(read_csv(tmp_path / "from_exr" / "per_image.csv"), files, strict=True):
+        assert {k: v for k, v in a.items() if "pred" not in k} == {k: v for k, v in b.items() if "pred" not in k}

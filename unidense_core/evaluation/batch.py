@@ -1,8 +1,8 @@
 """Batch inference over a folder of images, sharded across ``accelerate`` processes and machines.
 
-Image i of the sorted list belongs to process i mod N, so each output is written by exactly one process. Outputs
-mirror the input tree (``<output>/<relative path>.npy`` or ``.png``), are written atomically (temporary file, then
-rename), and an existing output is skipped, so a killed run is resumed by running the same command again. Every
+Image i of the sorted list belongs to process i mod N, so each output is written by exactly one process. Outputs mirror
+the input tree (``<output>/<relative path>`` + ``.npy``, ``.png`` or ``.exr``), are written atomically (temporary file,
+then rename), and an existing output is skipped, so a killed run is resumed by running the same command again. Every
 image has its own seed (from its relative path), so results do not depend on the number of processes.
 """
 
@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..io.depth_files import IMAGE_SUFFIXES, is_partial, write_depth_npy, write_depth_png16
+from ..io.depth_files import IMAGE_SUFFIXES, atomic_write, is_partial, write_depth_npy, write_depth_png16
 from .estimators import Estimator, load_image
 
-FORMATS = ("npy", "png16")
+FORMATS = ("npy", "png16", "exr")
+SUFFIX = {"npy": ".npy", "png16": ".png", "exr": ".exr"}
 
 
 def list_images(root: str) -> list[str]:
@@ -37,7 +38,7 @@ def list_images(root: str) -> list[str]:
 
 
 def output_path(out_dir: str, rel: str, fmt: str) -> str:
-    return os.path.join(out_dir, os.path.splitext(rel)[0] + (".npy" if fmt == "npy" else ".png"))
+    return os.path.join(out_dir, os.path.splitext(rel)[0] + SUFFIX[fmt])
 
 
 def image_seed(seed: int, rel: str) -> int:
@@ -64,11 +65,22 @@ class BatchStats:
 
 
 def write_prediction(path: str, depth: np.ndarray, fmt: str, unit_scale: float) -> str:
+    """Write one prediction atomically: float32 ``.npy`` or EXR unchanged, or a 16-bit PNG of ``depth / unit_scale``
+    (values outside [0, unit_scale] are refused, never clipped: such outputs belong in npy or exr)."""
     if fmt == "npy":
         return write_depth_npy(path, depth)
+    if fmt == "exr":
+        from ..io.exr import write_exr
+
+        values = np.ascontiguousarray(depth, dtype=np.float32)
+        return atomic_write(path, lambda tmp: write_exr(tmp, values))
     unit = depth / unit_scale
-    if unit_scale != 1.0:
-        unit = np.clip(unit, 0.0, 1.0)  # metric outputs beyond the unit are clipped in PNG; use npy for raw values
+    low, high = float(np.nanmin(unit)), float(np.nanmax(unit))
+    if low < 0.0 or high > 1.0:
+        raise ValueError(
+            f"'{path}': the prediction spans {low * unit_scale:.4g}..{high * unit_scale:.4g}, outside the 16-bit "
+            f"PNG's range 0..{unit_scale:g}; a PNG would clip it. Use --format npy or exr for raw values."
+        )
     return write_depth_png16(path, unit, unit_scale)
 
 

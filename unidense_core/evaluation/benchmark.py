@@ -1,8 +1,8 @@
-"""Evaluate depth on a dataset (Marigold layouts or a plain pair folder) from a folder of predictions or by running
-an estimator, image by image as Marigold's ``eval.py`` (optionally sharded over accelerate processes).
+"""Evaluate depth on a dataset (Marigold layouts or a plain pair folder) from a folder of predictions or by running an
+estimator, image by image as Marigold's ``eval.py`` (optionally sharded over accelerate processes).
 
-Predictions are looked up as ``<predictions>/<image path without suffix>.npy`` (or ``.png``, 16-bit, scaled by its
-``unidense:scale`` text chunk), which is what ``python -m unidense_core infer`` writes, then under Marigold's own
+Predictions are looked up as ``<predictions>/<image path without suffix>.npy`` (or ``.exr``, or ``.png``, 16-bit, scaled
+by its ``unidense:scale`` text chunk), which is what ``python -m unidense_core infer`` writes, then under Marigold's own
 names (``pred_<…>.npy``).
 """
 
@@ -38,7 +38,7 @@ def marigold_prediction_name(rgb_rel: str, dataset: str) -> str:
 
 def find_prediction(pred_dir: str, rgb_rel: str, dataset: str) -> str | None:
     stem = os.path.splitext(rgb_rel)[0]
-    for candidate in (stem + ".npy", stem + ".png", marigold_prediction_name(rgb_rel, dataset)):
+    for candidate in (stem + ".npy", stem + ".exr", stem + ".png", marigold_prediction_name(rgb_rel, dataset)):
         path = os.path.join(pred_dir, candidate)
         if os.path.isfile(path):
             return path
@@ -46,7 +46,11 @@ def find_prediction(pred_dir: str, rgb_rel: str, dataset: str) -> str | None:
 
 
 def read_prediction(path: str) -> np.ndarray:
-    """A prediction file -> float64 [H,W]: ``.npy`` as is; a 16-bit PNG as code / 65535 × its stored scale."""
+    """A prediction file -> float64 [H,W]: ``.npy`` and EXR as is; a 16-bit PNG as code / 65535 × its stored scale."""
+    if path.endswith(".exr"):
+        from ..io.depth_files import read_exr_depth
+
+        return read_exr_depth(path).astype(np.float64)
     if path.endswith(".npy"):
         arr = np.load(path, allow_pickle=False).squeeze()
         if arr.ndim != 2:
@@ -102,7 +106,7 @@ def evaluate_dataset(
             )
             raise FileNotFoundError(
                 f"{len(missing)} image(s) have no prediction in '{predictions}': {shown}. Expected "
-                "'<image path without suffix>.npy' (or .png), as `python -m unidense_core infer` writes."
+                "'<image path without suffix>.npy' (or .exr / .png), as `python -m unidense_core infer` writes."
             )
     rows = []
     rank, procs = shard

@@ -16,6 +16,7 @@ import os
 import time
 
 from ..dense.datasets import FOLDER, LAYOUTS
+from .batch import FORMATS
 from .estimators import add_estimator_args, build_estimator
 from .metrics import ALIGNMENTS
 
@@ -61,7 +62,9 @@ def add_cli(subparsers) -> None:
     )
     inf.add_argument("--input", required=True, help="folder of images (searched recursively)")
     inf.add_argument("--output", required=True, help="output folder (mirrors the input tree)")
-    inf.add_argument("--format", default="npy", choices=("npy", "png16"), help="float .npy or 16-bit PNG")
+    inf.add_argument(
+        "--format", default="npy", choices=FORMATS, help="float .npy, 16-bit PNG or 32-bit float EXR (OpenEXR)"
+    )
     inf.add_argument("--batch-size", type=int, default=1, help="images per call (same-size images only)")
     inf.add_argument("--seed", type=int, default=0, help="run seed; each image's seed comes from its path")
     inf.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
