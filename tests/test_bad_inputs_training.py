@@ -72,6 +72,15 @@ def png16_beyond_its_range():
     write_prediction(os.path.join(ROOT, "far.png"), np.array([[1.0, 9.5]], np.float32), "png16", 8.0)
 
 
+def not_a_video():
+    from unidense_core.evaluation.batch import list_inputs
+
+    path = os.path.join(ROOT, "clip.mp4")
+    with open(path, "w") as f:
+        f.write("not a video")
+    list_inputs(path)
+
+
 def rgb_exr_depth():
     from unidense_core.io.exr import write_exr
 
@@ -183,6 +192,7 @@ CASES = [
         png16_beyond_its_range,
         r"1\.\.9\.5, outside .* 0\.\.8; a PNG would clip it\. Use --format npy or exr",
     ),
+    Case("infer input", "a .mp4 that is not a video", not_a_video, r"clip\.mp4' is not a video FFmpeg can read"),
     Case("depth file", "RGB EXR", rgb_exr_depth, r"holds 3 channels .*one \(Y\) channel"),
     Case("split file", "listed files missing", split_with_missing_files, r"2 file\(s\) listed.*'test/a/rgb_0001.png'"),
     Case("batch plan", "batch larger than the data", lambda: BatchPlan([3], 4, 0), r"3 pairs, fewer than the global"),

@@ -265,3 +265,43 @@ def finished_outputs(out):
     for dirpath, _dirs, files in os.walk(out):
         found += [os.path.join(dirpath, f) for f in files if f.endswith(".npy") and not is_partial(f)]
     return sorted(found)
+
+
+def write_video(path, frames):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=8)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for arr in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def test_a_video_is_sharded_by_frame_once_each_and_equals_one_process(env, infer_env, tmp_path):
+    """``infer --input clip.mp4``: frame i goes to process i mod 2, each output exactly once, equal to one process's
+    run; a second run skips every finished frame."""
+    from unidense_core.evaluation.batch import count_frames, frame_name, list_inputs
+
+    rgb = [np.asarray(Image.open(os.path.join(infer_env["images"], n))) for n in list_images(infer_env["images"])]
+    video = tmp_path / "clip.mp4"
+    write_video(video, rgb[:5])
+    names = list_inputs(str(video))
+    assert count_frames(str(video)) == 5 and names == [frame_name(str(video), i) for i in range(5)]
+    out2 = str(tmp_path / "two")
+    run = launch(["infer", *infer_env["args"], "--input", str(video), "--output", out2, "--batch-size", "2"],
+                 num_processes=2)  # fmt: skip
+    counts = sorted(line.split(" (")[0] for line in run.stdout.splitlines() if line.startswith("process "))
+    assert counts == ["process 0: wrote 3, skipped 0 finished, of 3 assigned",
+                      "process 1: wrote 2, skipped 0 finished, of 2 assigned"]  # fmt: skip
+    assert sorted(os.listdir(os.path.join(out2, "clip"))) == [f"frame_{i:06d}.npy" for i in range(5)]
+    est = estimator_for(env, infer_env)
+    stats = run_batch(est, str(video), str(tmp_path / "one"), "npy", seed=5)
+    assert stats.written == names
+    for rel in names:
+        a, b = np.load(output_path(str(tmp_path / "one"), rel, "npy")), np.load(output_path(out2, rel, "npy"))
+        assert a.shape == (32, 48)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6, err_msg=rel)
+    again = run_batch(est, str(video), out2, "npy", seed=5)
+    assert again.written == [] and again.skipped == names

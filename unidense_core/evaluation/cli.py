@@ -60,7 +60,7 @@ def add_cli(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    inf.add_argument("--input", required=True, help="folder of images (searched recursively)")
+    inf.add_argument("--input", required=True, help="folder of images (searched recursively) or a video file")
     inf.add_argument("--output", required=True, help="output folder (mirrors the input tree)")
     inf.add_argument(
         "--format", default="npy", choices=FORMATS, help="float .npy, 16-bit PNG or 32-bit float EXR (OpenEXR)"
@@ -125,7 +125,7 @@ def run_evaluate(a: argparse.Namespace) -> int:
 def run_infer(a: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .batch import list_images, remove_partial_files, run_batch
+    from .batch import list_inputs, remove_partial_files, run_batch
 
     if a.method is None:
         raise ValueError("infer needs --method (merge, jointnet or dmp) and its model options.")
@@ -136,7 +136,7 @@ def run_infer(a: argparse.Namespace) -> int:
             logger.info("removed %d partial file(s) of an interrupted run", removed)
     state.wait_for_everyone()
     estimator = build_estimator(a, state.device)
-    mine = len(list_images(a.input)[state.process_index :: state.num_processes])
+    mine = len(list_inputs(a.input)[state.process_index :: state.num_processes])
     bar = tqdm(
         total=mine,
         desc=f"infer [{state.process_index + 1}/{state.num_processes}]",
