@@ -116,7 +116,9 @@ def write_folder(folder: str, scale: float) -> int:
     save_jointnet(model, folder, safe_serialization=False)  # .bin, as the official zips
     del model
     files = [os.path.join(folder, b, "diffusion_pytorch_model.bin") for b in ("unet", "jointnet")]
-    nbytes = sum(v.numel() * v.element_size() for f in files for v in torch.load(f, mmap=True, weights_only=True).values())
+    nbytes = sum(
+        v.numel() * v.element_size() for f in files for v in torch.load(f, mmap=True, weights_only=True).values()
+    )
     return nbytes
 
 

@@ -46,8 +46,8 @@ def _latent(seed=0, b=2, c=4):
 
 def test_decode_keeps_values_that_vae_decode_clamps(comfy, vae):
     latent = _latent()
-    stock = comfy.nodes.NODE_CLASS_MAPPINGS["VAEDecode"]().decode(vae, latent)[0]  # [B,H,W,3] clamped
-    with torch.no_grad():
+    with torch.no_grad():  # as ComfyUI runs nodes (inference mode)
+        stock = comfy.nodes.NODE_CLASS_MAPPINGS["VAEDecode"]().decode(vae, latent)[0]  # [B,H,W,3] clamped
         raw = vae.first_stage_model.decode(latent["samples"]).float().movedim(1, -1) / 2 + 0.5
     assert float(raw.max()) > 1.0 and float(raw.min()) < 0.0  # the decoder overshoots: something to keep
     assert float(stock.max()) <= 1.0 and float(stock.min()) >= 0.0  # ComfyUI's VAEDecode clamps it away
