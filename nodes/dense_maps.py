@@ -48,7 +48,8 @@ def unclamped_decode(vae, samples: torch.Tensor) -> torch.Tensor:
         )
     raw = copy.copy(vae)
     raw.process_output = decoded_unit
-    return raw.decode(samples)
+    with torch.no_grad():  # ComfyUI runs nodes in inference mode; a script calling the node gets no graph either
+        return raw.decode(samples)
 
 
 def _range_inputs() -> list:
