@@ -37,7 +37,7 @@ from ..io.checkpoints import (
     require_tokenizer_folder,
 )
 from ..io.checks import check_choice, check_finite, check_not_empty
-from ..io.prompt_embeddings import load_prompt_embedding
+from ..io.prompt_embeddings import load_clip_text_encoder, load_prompt_embedding
 from .lora import apply_lora_peft, load_lora
 from .sampler import DEFAULT_STEPS, OFFICIAL_GUIDANCE, check_steps, check_variant, sample_dmp, unet_velocity_fn
 
@@ -131,11 +131,7 @@ class DMPPipeline:
         vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=dtype, local_files_only=True).to(device).eval()
         text_encoder = tokenizer = None
         if load_text_encoder:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            text_encoder = CLIPTextModel.from_pretrained(te_dir, torch_dtype=dtype, local_files_only=True)
-            text_encoder = text_encoder.to(device).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            text_encoder, tokenizer = load_clip_text_encoder(te_dir, tok_dir, device, dtype)
         return cls(unet, vae, text_encoder, tokenizer, empty)
 
     @property

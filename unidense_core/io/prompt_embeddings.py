@@ -154,3 +154,13 @@ def drop_padding(context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tens
     if context.shape[0] != 1:
         raise ValueError("drop_padding takes one embedding at a time (batch 1).")
     return context[:, mask[0].bool()]
+
+
+def load_clip_text_encoder(
+    encoder_dir: str, tokenizer_dir: str, device: str | torch.device, dtype: torch.dtype
+) -> tuple[torch.nn.Module, object]:
+    """A local CLIP text encoder (eval mode, on ``device`` in ``dtype``) and its tokenizer, never from a hub."""
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    encoder = CLIPTextModel.from_pretrained(encoder_dir, torch_dtype=dtype, local_files_only=True)
+    return encoder.to(device).eval(), CLIPTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)

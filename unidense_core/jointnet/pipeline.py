@@ -21,6 +21,7 @@ from ..dense.outputs import DISPARITY, DenseOutput
 from ..dense.readout import decoded_to_unit, jointnet_depth_from_unit
 from ..io.checkpoints import TRANSFORMERS_WEIGHTS, require_model_folder, require_tokenizer_folder, scheduler_config
 from ..io.checks import check_finite, check_not_empty
+from ..io.prompt_embeddings import load_clip_text_encoder
 from ..tiling.panorama import circular_pad, crop_pad
 from .inpaint import (
     MODES,
@@ -220,11 +221,7 @@ class JointNetPipeline:
         sched = scheduler_config(sd21_dir, SD21_BASE_SCHEDULER)
         text_encoder = tokenizer = None
         if load_text_encoder:
-            from transformers import CLIPTextModel, CLIPTokenizer
-
-            text_encoder = CLIPTextModel.from_pretrained(te_dir, torch_dtype=dtype, local_files_only=True)
-            text_encoder = text_encoder.to(device).eval()
-            tokenizer = CLIPTokenizer.from_pretrained(tok_dir, local_files_only=True)
+            text_encoder, tokenizer = load_clip_text_encoder(te_dir, tok_dir, device, dtype)
         return cls(model, vae, sched, text_encoder, tokenizer)
 
     @property
